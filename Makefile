@@ -1,0 +1,37 @@
+# Entry points. Each target sets up what it needs first (scripts/setup.sh is
+# idempotent), so every one of them works on a fresh machine.
+VENV ?= .venv
+CKAN_VERSION ?= 2.12.0
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+export VENV CKAN_VERSION
+
+.PHONY: setup test lint pytest test-matrix demo bench clean
+
+setup:
+	bash scripts/setup.sh
+
+## The test command (README.rst, .ci/run): set-up, lint, whole suite.
+test: setup lint pytest
+
+lint:
+	$(VENV)/bin/ruff check ckanext bench scripts
+
+pytest:
+	$(PY) -m pytest --ckan-ini=test.ini ckanext/archiver/tests $(PYTEST_ARGS)
+
+## The same suite against CKAN 2.11 and 2.12, each in its own venv.
+test-matrix:
+	$(MAKE) test VENV=.venv-ckan2.11 CKAN_VERSION=2.11.6
+	$(MAKE) test VENV=.venv-ckan2.12 CKAN_VERSION=2.12.0
+
+## The main job: a demo portal archiving a realistic mix of links.
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""Registration of the archiver in CKAN. Only hooks live here; the work is
+done by the modules they call (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ckan.plugins as p
+import ckan.plugins.toolkit as tk
+from ckan.common import CKANConfig
+from ckan.types import Context
+
+from ckanext.archiver import model as archiver_model
+
+
+@tk.blanket.config_declarations
+@tk.blanket.actions
+@tk.blanket.auth_functions
+@tk.blanket.helpers
+@tk.blanket.blueprints
+class ArchiverPlugin(p.SingletonPlugin):
+    p.implements(p.IConfigurer)
+    p.implements(p.IPackageController, inherit=True)
+
+    # IConfigurer
+
+    def update_config(self, config: CKANConfig):
+        tk.add_template_directory(config, "templates")
+        tk.add_resource("assets", "ckanext-archiver")
+
+    # IPackageController
+
+    def after_dataset_show(self, context: Context, pkg_dict: dict[str, Any]):
+        archiver_model.add_to_package_dict(pkg_dict)
+
+    def before_dataset_index(self, pkg_dict: dict[str, Any]) -> dict[str, Any]:
+        archiver_model.remove_from_package_dict(pkg_dict)
+        for key in ("data_dict", "validated_data_dict"):
+            if isinstance(pkg_dict.get(key), str):
+                data = json.loads(pkg_dict[key])
+                archiver_model.remove_from_package_dict(data)
+                pkg_dict[key] = json.dumps(data)
+        return pkg_dict

@@ -1,0 +1,52 @@
+"""Every option is declared (default, type, example, description, legacy key)."""
+
+import logging
+import pathlib
+
+import pytest
+import yaml
+from ckan.common import config_declaration
+from ckan.plugins import toolkit as tk
+
+DECLARATION = pathlib.Path(__file__).parents[1] / "config_declaration.yaml"
+
+
+def _options():
+    data = yaml.safe_load(DECLARATION.read_text())
+    return [o for group in data["groups"] for o in group["options"]]
+
+
+@pytest.mark.usefixtures("with_plugins")
+def test_options_declared_and_no_warning(caplog):
+    options = _options()
+    assert len(options) >= 20
+    with caplog.at_level(logging.WARNING, logger="ckan.common"):
+        for option in options:
+            assert config_declaration.get(option["key"]) is not None, option["key"]
+            tk.config.get(option["key"])
+    assert not [r for r in caplog.records if "not declared" in r.getMessage()]
+
+
+@pytest.mark.parametrize("option", _options(), ids=lambda o: o["key"])
+def test_option_documented(option):
+    name = option["key"].removeprefix("ckanext.archiver.")
+    assert option["key"].startswith("ckanext.archiver.")
+    assert option["legacy_key"] == "ckanext-archiver." + name
+    assert option.get("description"), "needs a description"
+    assert "example" in option, "needs an example"
+
+
+@pytest.mark.usefixtures("with_plugins")
+@pytest.mark.ckan_config("ckanext-archiver.max_content_length", "1234")
+def test_legacy_key_still_read(ckan_config):
+    ckan_config.pop("ckanext.archiver.max_content_length")
+    config_declaration.make_safe(ckan_config)
+    config_declaration.normalize(ckan_config)
+    assert tk.config.get("ckanext.archiver.max_content_length") == 1234
+
+
+@pytest.mark.usefixtures("with_plugins")
+def test_defaults_typed():
+    assert tk.config.get("ckanext.archiver.max_content_length") == 50_000_000
+    assert tk.config.get("ckanext.archiver.allow_private_networks") is False
+    assert isinstance(tk.config.get("ckanext.archiver.connect_timeout"), float)
