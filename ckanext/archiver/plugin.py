@@ -4,14 +4,19 @@ done by the modules they call (see DESIGN.md)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import ckan.plugins as p
 import ckan.plugins.toolkit as tk
+from ckan import model
 from ckan.common import CKANConfig
 from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
+from ckanext.archiver import queue
+
+log = logging.getLogger(__name__)
 
 
 @tk.blanket.config_declarations
@@ -19,9 +24,11 @@ from ckanext.archiver import model as archiver_model
 @tk.blanket.auth_functions
 @tk.blanket.helpers
 @tk.blanket.blueprints
+@tk.blanket.cli
 class ArchiverPlugin(p.SingletonPlugin):
     p.implements(p.IConfigurer)
     p.implements(p.IPackageController, inherit=True)
+    p.implements(p.IResourceController, inherit=True)
 
     # IConfigurer
 
@@ -33,6 +40,27 @@ class ArchiverPlugin(p.SingletonPlugin):
 
     def after_dataset_show(self, context: Context, pkg_dict: dict[str, Any]):
         archiver_model.add_to_package_dict(pkg_dict)
+
+    def after_dataset_create(self, context: Context, pkg_dict: dict[str, Any]):
+        self._queue_changed(pkg_dict)
+
+    def after_dataset_update(self, context: Context, pkg_dict: dict[str, Any]):
+        # resource_create / resource_update / resource_patch end up here too
+        self._queue_changed(pkg_dict)
+
+    def _queue_changed(self, pkg_dict: dict[str, Any]) -> None:
+        try:
+            items = queue.needing_check(pkg_dict["id"])
+            if items:
+                queue.after_commit(model.Session, enqueue_items=items)
+        except Exception:  # never fail a dataset save
+            log.exception("Could not work out which resources to archive")
+
+    # IResourceController
+
+    def before_resource_delete(self, context: Context, resource: dict[str, Any],
+                               resources: list[dict[str, Any]]):
+        queue.after_commit(model.Session, forget_ids=[resource["id"]])
 
     def before_dataset_index(self, pkg_dict: dict[str, Any]) -> dict[str, Any]:
         archiver_model.remove_from_package_dict(pkg_dict)

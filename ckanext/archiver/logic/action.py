@@ -8,6 +8,7 @@ import ckan.plugins.toolkit as tk
 from ckan import model
 from ckan.types import Context, DataDict
 
+from ckanext.archiver import queue
 from ckanext.archiver.logic import schema
 from ckanext.archiver.model import Archival, dataset_summary
 
@@ -65,3 +66,34 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
     summary["resources"] = [dict(a.as_dict(), resource_id=a.resource_id)
                             for a in rows]
     return summary
+
+
+def archiver_update(context: Context, data_dict: DataDict) -> dict[str, Any]:
+    """Queue a resource, or every resource of a dataset, for checking.
+
+    :param id: the id of a resource, or the id or name of a dataset
+    :type id: string
+    :param queue: ``priority`` (default) or ``bulk``
+    :type queue: string
+    :param force: download even when the last response is still fresh
+    :type force: bool
+
+    :returns: ``{"queued": <number of resources queued>}`` (resources
+        already waiting in a queue are not queued twice)
+    :rtype: dictionary
+    """
+    data, errors = tk.navl_validate(data_dict, schema.update_schema(), context)
+    if errors:
+        raise tk.ValidationError(errors)
+    resource = model.Resource.get(data["id"])
+    package = model.Package.get(resource.package_id if resource else data["id"])
+    if package is None or package.state == "deleted":
+        raise tk.ObjectNotFound(tk._("Dataset or resource not found"))
+    tk.check_access("archiver_update", context, {"id": package.id})
+    if resource is not None:
+        items = [(resource.id, package.id)]
+    else:
+        items = [(r.id, package.id) for r in package.resources]
+    count = queue.enqueue(items, data.get("queue") or "priority",
+                          force=bool(data.get("force")))
+    return {"queued": count}

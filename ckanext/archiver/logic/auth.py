@@ -24,3 +24,8 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> AuthResult:
 @tk.auth_allow_anonymous_access
 def archiver_dataset_show(context: Context, data_dict: DataDict) -> AuthResult:
     return _allowed("package_show", context, data_dict)
+
+
+def archiver_update(context: Context, data_dict: DataDict) -> AuthResult:
+    """Who may edit the dataset may ask for its links to be checked."""
+    return _allowed("package_update", context, data_dict)

@@ -8,3 +8,12 @@ def id_schema() -> Schema:
     not_empty = tk.get_validator("not_empty")
     unicode_safe = tk.get_validator("unicode_safe")
     return {"id": [not_empty, unicode_safe]}
+
+
+def update_schema() -> Schema:
+    v = tk.get_validator
+    return {
+        "id": [v("not_empty"), v("unicode_safe")],
+        "queue": [v("ignore_missing"), v("unicode_safe"), v("one_of")(["priority", "bulk"])],
+        "force": [v("ignore_missing"), v("boolean_validator")],
+    }

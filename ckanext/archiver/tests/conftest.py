@@ -7,9 +7,16 @@ this project is built on.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from ckanext.archiver import nosearch
+from ckanext.archiver.tests.http_fixtures import *  # noqa: F403
 
 nosearch.install()
 
@@ -29,3 +36,105 @@ def archive_dir(tmp_path, ckan_config, monkeypatch):
     path.mkdir()
     monkeypatch.setitem(ckan_config, "ckanext.archiver.archive_dir", str(path))
     return path
+
+
+@pytest.fixture
+def archiver_env(archive_dir, ckan_config, monkeypatch):
+    """Fresh archive_dir, empty queues, fast retries; Celery app rebuilt
+    from this test's config."""
+    from ckanext.archiver import celery_app, queue
+
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 0.1)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 0)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_min_interval", 0.0)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_concurrency", 8)
+    celery_app.reset()
+    queue._redis.clear()
+    queue.purge()
+    yield archive_dir
+    celery_app.reset()
+    queue._redis.clear()
+
+
+@pytest.fixture
+def celery_worker(archiver_env):
+    """A real Celery worker (in this process, threads pool) consuming both
+    queues."""
+    from celery.contrib.testing.worker import start_worker
+    from ckan.plugins import toolkit as tk
+
+    from ckanext.archiver import celery_app
+
+    app = celery_app.get_app()
+    queues = ",".join(celery_app.queue_name(n, tk.config) for n in ("priority", "bulk"))
+    app.amqp.queues.select(queues.split(","))
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
+                      shutdown_timeout=10, loglevel="WARNING") as worker:
+        yield worker
+
+
+def wait_for(predicate, timeout=20.0, interval=0.1):
+    """Poll until predicate() is truthy; return its value or fail."""
+    give_up = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError("timed out waiting for {}".format(predicate))
+        time.sleep(interval)
+
+
+@pytest.fixture
+def make_ini(ckan_config, tmp_path):
+    """Write a copy of the test config file with the archive_dir of this test
+    and the given options (for the CLI and subprocess workers, which load
+    their config from a file)."""
+    base = open(ckan_config["__file__"]).read()
+
+    def make(**options):
+        settings = {
+            "ckanext.archiver.archive_dir": ckan_config["ckanext.archiver.archive_dir"],
+            "ckanext.archiver.max_retries": "0",
+            "ckanext.archiver.per_host_min_interval": "0",
+            "ckanext.archiver.per_host_concurrency": "8",
+        }
+        settings.update({"ckanext.archiver." + k: str(v) for k, v in options.items()})
+        lines = [line for line in base.splitlines()
+                 if line.split("=")[0].strip() not in settings]
+        at = lines.index("[app:main]") + 1
+        lines[at:at] = [f"{k} = {v}" for k, v in settings.items()]
+        ini = tmp_path / "test-{}.ini".format(len(list(tmp_path.glob("test-*.ini"))))
+        ini.write_text("\n".join(lines).replace("%(here)s", os.path.dirname(
+            ckan_config["__file__"])) + "\n")
+        return str(ini)
+
+    return make
+
+
+@pytest.fixture
+def subprocess_worker(archiver_env, make_ini):
+    """Start `celery worker` as a real subprocess (kill/restart tests)."""
+    from ckan.plugins import toolkit as tk
+
+    from ckanext.archiver import celery_app
+
+    procs = []
+
+    def start(*extra, **options):
+        queues = ",".join(celery_app.queue_name(n, tk.config) for n in ("priority", "bulk"))
+        env = dict(os.environ, CKAN_INI=make_ini(**options))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "ckanext.archiver.celery_app", "worker",
+             "-Q", queues, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+             *extra],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

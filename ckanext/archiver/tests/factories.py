@@ -32,7 +32,14 @@ def make_archival(resource: dict[str, Any], status_id: int = st.ARCHIVED,
     else:
         values.update(last_success=now)
     values.update(fields)
-    archival = Archival(**values)
-    model.Session.add(archival)
+    # creating the resource queued it, which made a placeholder row
+    archival = model.Session.query(Archival).filter(
+        Archival.resource_id == resource["id"]).one_or_none()
+    if archival is None:
+        archival = Archival(**values)
+        model.Session.add(archival)
+    else:
+        for key, value in values.items():
+            setattr(archival, key, value)
     model.Session.commit()
     return archival

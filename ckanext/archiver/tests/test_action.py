@@ -5,6 +5,7 @@ from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
 from ckanext.archiver import status as st
+from ckanext.archiver.model import Archival
 from ckanext.archiver.tests.factories import make_archival
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db")
@@ -39,8 +40,12 @@ def test_resource_show_public():
     assert out["resource_id"] == res["id"] and out["size"] == 3
 
 
-def test_resource_show_never_checked():
+def test_resource_show_queued_then_unknown():
     res = factories.Resource()
+    queued = call_action("archiver_resource_show", context=_ctx(), id=res["id"])
+    assert queued["status"] is None and queued["queued_at"]
+    model.Session.query(Archival).delete()
+    model.Session.commit()
     with pytest.raises(tk.ObjectNotFound):
         call_action("archiver_resource_show", context=_ctx(), id=res["id"])
 

@@ -46,7 +46,8 @@ def test_archiver_keys_at_both_levels():
     assert by_id[ok["id"]]["archiver"]["size"] == 12
     assert by_id[bad["id"]]["archiver"]["is_broken"] is True
     assert by_id[bad["id"]]["archiver"]["is_broken_printable"] == "Broken"
-    assert "archiver" not in by_id[unchecked["id"]]
+    assert by_id[unchecked["id"]]["archiver"]["status"] is None  # queued, not checked
+    assert by_id[unchecked["id"]]["archiver"]["queued_at"]
     assert shown["archiver"] == {
         "status_id": 12, "status": "Download error",
         "reason": "Server returned 404 Not Found", "is_broken": True}

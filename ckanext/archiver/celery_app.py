@@ -1,0 +1,150 @@
+"""The Celery app, built from the CKAN configuration.
+
+Inside a CKAN process (web, ``ckan`` CLI, tests) the app is built from the
+already-loaded config. A worker started with
+``celery -A ckanext.archiver.celery_app worker`` first loads CKAN from the
+file named by ``CKAN_INI`` (what ``ckan archiver worker`` does for you).
+
+Settings are those of long network tasks: a message is acknowledged only
+when its task has finished (acks_late) and is given back if the worker
+process dies (reject_on_worker_lost), each worker process reserves one
+message at a time (prefetch 1), and the broker's visibility timeout is
+longer than the hard time limit so that a running task is never handed to
+a second worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+_app: Optional[Celery] = None
+
+# A batch task runs its downloads concurrently, but a host's politeness
+# limits can make it wait: allow that much on top of the download deadline.
+HOST_WAIT_MAX = 120
+# Longest delay before a retry (Redis holds delayed tasks as unacked
+# messages: they must come back before the visibility timeout).
+MAX_COUNTDOWN = 900
+
+
+def _ckan_config() -> Any:
+    """The CKAN config, loading CKAN from CKAN_INI when this process has not
+    loaded it yet (a Celery worker)."""
+    from ckan.common import config
+
+    if config.get("ckan.site_id"):
+        return config
+    ini = os.environ.get("CKAN_INI")
+    if not ini:
+        raise RuntimeError(
+            "CKAN_INI is not set: point it at the CKAN config file "
+            "(or start workers with `ckan -c <ini> archiver worker`)")
+    from ckan.cli import load_config
+    from ckan.config.middleware import make_app
+
+    make_app(load_config(ini))
+    return config
+
+
+def queue_name(name: str, config: Any = None) -> str:
+    """The Celery queue of ``priority`` or ``bulk``: ``<site_id>:<name>``."""
+    config = config or _ckan_config()
+    option = {"priority": "ckanext.archiver.priority_queue",
+              "bulk": "ckanext.archiver.bulk_queue"}[name]
+    return "{}:{}".format(config.get("ckan.site_id"), config.get(option))
+
+
+def broker_url(config: Any = None) -> str:
+    config = config or _ckan_config()
+    return config.get("ckanext.archiver.broker_url") or config.get("ckan.redis.url")
+
+
+def time_limits(config: Any = None) -> tuple[int, int]:
+    """(soft, hard) time limits of one task, from the download deadline."""
+    config = config or _ckan_config()
+    soft = int(config.get("ckanext.archiver.total_timeout")) + HOST_WAIT_MAX + 60
+    return soft, soft + 60
+
+
+def build(config: Any = None) -> Celery:
+    config = config or _ckan_config()
+    soft, hard = time_limits(config)
+    app = Celery("ckanext.archiver", include=["ckanext.archiver.tasks"])
+    app.conf.update(
+        broker_url=broker_url(config),
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=soft,
+        task_time_limit=hard,
+        broker_transport_options={
+            # longer than any task and than any retry countdown
+            "visibility_timeout": max(hard + 300, MAX_COUNTDOWN + 300),
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_default_queue=queue_name("bulk", config),
+        task_create_missing_queues=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        timezone="UTC",
+    )
+    return app
+
+
+def get_app() -> Celery:
+    """The process's Celery app (built on first use)."""
+    global _app
+    if _app is None:
+        _app = build()
+        _app.set_current()
+        _app.set_default()
+    return _app
+
+
+def reset() -> None:
+    """Forget the app (tests that change the config)."""
+    global _app
+    _app = None
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A ckanext.archiver.celery_app` looks for `app` (or `celery`)
+    if name in ("app", "celery"):
+        return get_app()
+    raise AttributeError(name)
+
+
+def _on_worker_ready(**_kwargs: Any) -> None:
+    """At worker start, queue again what was queued but lost (a Redis
+    restart empties the queues; the rows still say what was waiting)."""
+    from ckan import model
+
+    from ckanext.archiver import queue
+
+    try:
+        count = queue.requeue_lost()
+        if count:
+            log.warning("Recovered %d queued resources lost by the broker", count)
+    except Exception:
+        log.exception("Could not look for lost queue entries")
+    finally:
+        model.Session.remove()
+
+
+def _connect_signals() -> None:
+    from celery import signals
+
+    signals.worker_ready.connect(_on_worker_ready, weak=False)
+
+
+_connect_signals()

@@ -1,0 +1,268 @@
+"""``ckan archiver ...``: drive the archiver by hand and from cron."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import ckan.plugins.toolkit as tk
+import click
+import redis
+import sqlalchemy as sa
+from ckan import model
+
+from ckanext.archiver import celery_app, queue, tasks
+from ckanext.archiver import status as st
+from ckanext.archiver.model import Archival, ArchivalHistory, selection
+
+__all__ = ["archiver"]
+
+CHUNK = 10000
+
+
+def _fail(message: str) -> None:
+    tk.error_shout(message)
+    sys.exit(1)
+
+
+def _broker_error(e: Exception) -> None:
+    url = celery_app.broker_url(tk.config)
+    _fail(f"Cannot reach the broker at {url} ({type(e).__name__}). Is Redis running?")
+
+
+def _check_archive_dir() -> None:
+    path = tasks.archive_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        _fail(f"archive_dir {path} cannot be created: {e.strerror}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        _fail(f"archive_dir {path} is not writable by this user")
+
+
+@click.group(short_help="Check and archive resources")
+def archiver():
+    """Check links and keep copies of resources (ckanext-archiver)."""
+
+
+@archiver.command()
+@click.argument("ids", nargs=-1)
+@click.option("--queue", "queue_name", type=click.Choice(queue.QUEUES), default="bulk",
+              show_default=True, help="Queue to put the resources on.")
+@click.option("--stale", type=float, metavar="DAYS",
+              help="Only resources not checked for DAYS days (for cron).")
+@click.option("--broken", is_flag=True, help="Only resources broken now.")
+@click.option("--now", is_flag=True, help="Archive here, without Celery, with a progress bar.")
+@click.option("--force", is_flag=True, help="Download even when still fresh.")
+def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken: bool,
+           now: bool, force: bool):
+    """Archive resources. IDS are datasets, resources, organizations or
+    groups (names or ids); none means every active dataset, private ones
+    included."""
+    try:
+        items = selection.select(ids, stale_days=stale, broken_only=broken)
+        first = list(itertools.islice(items, CHUNK))
+    except selection.UnknownIds as e:
+        _fail("Not a dataset, resource, organization or group: {}".format(", ".join(e.ids)))
+        return
+    if now:
+        _check_archive_dir()
+        rest = list(items)
+        _update_now(first + rest, force)
+        return
+    total = 0
+    try:
+        chunk = first
+        while chunk:
+            total += queue.enqueue(chunk, queue_name, force=force)
+            chunk = list(itertools.islice(items, CHUNK))
+        if stale is not None:
+            total += queue.requeue_lost()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        _broker_error(e)
+    click.echo(f"Queued {total} resources on {queue_name}")
+
+
+def _update_now(items: list[tuple[str, str]], force: bool) -> None:
+    try:
+        queue.redis_client().ping()
+        polite = True
+    except redis.exceptions.RedisError:
+        polite = False  # no Redis: no politeness across workers, still works
+    size = int(tk.config.get("ckanext.archiver.batch_size"))
+    totals = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
+    with click.progressbar(length=len(items), label="Archiving") as bar:
+        for start in range(0, len(items), size):
+            batch = [rid for rid, _pid in items[start:start + size]]
+            result = tasks.archive_batch(batch, "bulk", force=force, attempt=10**6,
+                                         polite=polite)
+            for key, value in result.counts().items():
+                totals[key] += value
+            bar.update(len(batch))
+    click.echo("Done: {} archived, {} unchanged, {} broken, {} not sure".format(
+        totals["archived"], totals["unchanged"], totals["broken"], totals["not sure"]))
+
+
+WORKER_DEFAULTS = {
+    # the priority worker is light and always free for one-off edits
+    "priority": ["--pool=threads", "--concurrency=8"],
+    # a bulk task downloads its batch concurrently in threads; one process
+    # per core does the hashing and database work
+    "bulk": ["--pool=prefork", f"--concurrency={os.cpu_count() or 2}"],
+    "all": ["--pool=prefork", f"--concurrency={os.cpu_count() or 2}"],
+}
+
+
+@archiver.command(context_settings={"ignore_unknown_options": True,
+                                    "allow_extra_args": True})
+@click.argument("which", type=click.Choice(["priority", "bulk", "all"]), default="all")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
+    """Start a Celery worker for the priority, bulk or all queues (extra
+    arguments go to `celery worker`)."""
+    _check_archive_dir()
+    try:
+        queue.redis_client().ping()
+    except redis.exceptions.RedisError as e:
+        _broker_error(e)
+    names = ["priority", "bulk"] if which == "all" else [which]
+    queues = ",".join(celery_app.queue_name(n, tk.config) for n in names)
+    site = tk.config.get("ckan.site_id")
+    args = [sys.executable, "-m", "celery", "-A", "ckanext.archiver.celery_app", "worker",
+            "-Q", queues, "-n", f"archiver-{which}-{site}@%h", "--loglevel=INFO",
+            *WORKER_DEFAULTS[which], *celery_args]
+    env = dict(os.environ, CKAN_INI=os.path.abspath(ctx.obj.config["__file__"]))
+    os.execvpe(args[0], args, env)
+
+
+def _status_numbers(with_workers: bool) -> dict[str, Any]:
+    counts = dict(model.Session.query(Archival.status_id, sa.func.count()).group_by(
+        Archival.status_id).all())
+    oldest = model.Session.query(sa.func.min(Archival.updated)).filter(
+        Archival.status_id.isnot(None)).scalar()
+    hour_ago = model.Session.query(sa.func.count(), sa.func.sum(ArchivalHistory.bytes_received)
+                                   ).filter(ArchivalHistory.checked_at > sa.func.now()
+                                            - sa.text("interval '1 hour'")).one()
+    out: dict[str, Any] = {
+        "by_status": {st.text(k) if k is not None else "queued, never checked": v
+                      for k, v in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0]))},
+        "oldest_check": oldest.isoformat() if oldest else None,
+        "checks_last_hour": hour_ago[0], "bytes_last_hour": int(hour_ago[1] or 0),
+    }
+    try:
+        out["queues"] = queue.lengths()
+    except redis.exceptions.RedisError as e:
+        out["queues"] = None
+        out["broker_error"] = type(e).__name__
+    if with_workers and out["queues"] is not None:
+        inspect = celery_app.get_app().control.inspect(timeout=1.0)
+        active = inspect.active() or {}
+        out["workers"] = sorted(active)
+        out["tasks_in_flight"] = sum(len(v) for v in active.values())
+    return out
+
+
+@archiver.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--no-workers", is_flag=True, help="Do not ask the workers (faster).")
+def status(as_json: bool, no_workers: bool):
+    """Queue lengths, workers, counts by status, oldest check."""
+    numbers = _status_numbers(not no_workers)
+    if as_json:
+        click.echo(json.dumps(numbers, indent=2))
+        return
+    queues = numbers["queues"]
+    if queues is None:
+        click.echo("Queues: broker unreachable ({})".format(numbers["broker_error"]))
+    else:
+        click.echo("Queues: " + ", ".join(f"{k} {v}" for k, v in queues.items()))
+    if "workers" in numbers:
+        click.echo("Workers: {} ({} tasks in flight)".format(
+            ", ".join(numbers["workers"]) or "none seen", numbers["tasks_in_flight"]))
+    for text, count in numbers["by_status"].items():
+        click.echo(f"  {count:>8}  {text}")
+    click.echo("Oldest check: {}".format(numbers["oldest_check"] or "-"))
+    click.echo("Checks in the last hour: {}".format(numbers["checks_last_hour"]))
+
+
+@archiver.command()
+@click.argument("dataset", required=False)
+def view(dataset: Optional[str]):
+    """Archival information of a dataset (or a summary of all)."""
+    if not dataset:
+        total = model.Session.query(Archival).count()
+        broken = model.Session.query(Archival).filter(Archival.is_broken.is_(True)).count()
+        click.echo(f"{total} resources have archival rows, {broken} broken links")
+        return
+    pkg = model.Package.get(dataset)
+    if pkg is None:
+        _fail(f"No dataset {dataset}")
+        return
+    rows = {a.resource_id: a for a in Archival.get_for_package(pkg.id)}
+    click.echo(f"{pkg.name}: {pkg.title}")
+    for res in pkg.resources:
+        a = rows.get(res.id)
+        click.echo(f"- {res.name or res.id} <{res.url}>")
+        if a is None or a.status_id is None:
+            click.echo("    not checked yet")
+            continue
+        click.echo(f"    {a.status} ({a.is_broken_printable}): {a.reason}")
+        click.echo(f"    checked {a.updated}, failures {a.failure_count}, "
+                   f"last success {a.last_success}")
+        if a.cache_filepath:
+            click.echo(f"    cached: {a.cache_filepath} ({a.size} bytes, {a.mimetype})")
+
+
+@archiver.command("clean-status")
+def clean_status():
+    """Delete rows of resources that no longer exist, and history older than
+    history_retention_days."""
+    r = model.Resource.__table__
+    a = Archival.__table__
+    gone = sa.select(r.c.id).where(r.c.state == "active")
+    deleted = model.Session.execute(sa.delete(a).where(a.c.resource_id.notin_(gone))).rowcount
+    model.Session.commit()
+    old = ArchivalHistory.delete_older_than(
+        int(tk.config.get("ckanext.archiver.history_retention_days")))
+    click.echo(f"Deleted {deleted} archival rows and {old} history rows")
+
+
+@archiver.command("clean-cached")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+def clean_cached(dry_run: bool):
+    """Remove archived files of deleted resources (and stale temp files)."""
+    keep = {row[0] for row in model.Session.query(model.Resource.id).join(
+        model.Package, model.Package.id == model.Resource.package_id).filter(
+        model.Resource.state == "active", model.Package.state == "active")}
+    files, freed = tasks.storage().clean(keep, dry_run=dry_run)
+    verb = "Would remove" if dry_run else "Removed"
+    click.echo(f"{verb} {files} files, {freed} bytes")
+    if not dry_run and files:
+        a = Archival.__table__
+        model.Session.execute(sa.update(a).where(a.c.resource_id.notin_(keep)).values(
+            cache_filepath=None, cache_url=None))
+        model.Session.commit()
+
+
+@archiver.command("purge-queues")
+def purge_queues():
+    """Empty the priority and bulk queues."""
+    try:
+        removed = queue.purge()
+    except redis.exceptions.RedisError as e:
+        _broker_error(e)
+        return
+    click.echo("Purged " + ", ".join(f"{v} from {k}" for k, v in removed.items()))
+
+
+@archiver.command()
+def init():
+    """Create or upgrade the tables (same as `ckan db upgrade -p archiver`)."""
+    from ckan.cli.db import _run_migrations
+
+    _run_migrations("archiver")
+    click.echo("Archiver tables are up to date")

@@ -1,0 +1,510 @@
+"""The Celery tasks: the only place that joins fetch, storage and model.
+
+``archive_resources(resource_ids, queue, ...)`` archives a batch: it loads the
+resources and their previous rows in one query each, downloads concurrently
+(threads: the work is network-bound), honours per-host politeness, moves the
+files into place, then writes every row (and one history row per check) in
+one transaction and tells downstream plugins. It is idempotent and safe to
+kill at any line: files are written to a temp file and renamed, rows are
+written in one transaction after the files, and a killed worker's message is
+delivered again (acks_late, reject_on_worker_lost).
+
+``archive_batch`` does the same without Celery (``ckan archiver update
+--now`` and tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import logging
+import mimetypes
+import os
+import random
+import threading
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Optional
+
+import ckan.plugins.toolkit as tk
+import sqlalchemy as sa
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from ckan import model
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from ckanext.archiver import celery_app, interfaces
+from ckanext.archiver import queue as archiver_queue
+from ckanext.archiver import status as st
+from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
+from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
+from ckanext.archiver.politeness import HostLimiter
+from ckanext.archiver.storage import Storage
+
+log = logging.getLogger(__name__)
+
+MAX_DELIVERIES = 3
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+
+
+def archive_dir() -> str:
+    return tk.config.get("ckanext.archiver.archive_dir") or os.path.join(
+        tk.config.get("ckan.storage_path") or "/var/lib/ckan", "archiver")
+
+
+def storage() -> Storage:
+    return Storage(archive_dir(), tk.config.get("ckanext.archiver.cache_url_root"),
+                   int(tk.config.get("ckanext.archiver.max_archive_bytes") or 0))
+
+
+def user_agent() -> str:
+    configured = tk.config.get("ckanext.archiver.user_agent")
+    if configured:
+        return configured
+    try:
+        version = metadata.version("ckanext-archiver")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    return "ckanext-archiver/{} (+{})".format(version, tk.config.get("ckan.site_url"))
+
+
+def fetch_settings(download: bool = True) -> FetchSettings:
+    c = tk.config
+    return FetchSettings(
+        user_agent=user_agent(),
+        max_content_length=c.get("ckanext.archiver.max_content_length"),
+        connect_timeout=c.get("ckanext.archiver.connect_timeout"),
+        read_timeout=c.get("ckanext.archiver.read_timeout"),
+        total_timeout=c.get("ckanext.archiver.total_timeout"),
+        max_redirects=c.get("ckanext.archiver.max_redirects"),
+        verify_https=c.get("ckanext.archiver.verify_https"),
+        allow_private_networks=c.get("ckanext.archiver.allow_private_networks"),
+        allowed_networks=tuple(c.get("ckanext.archiver.allowed_networks")),
+        proxy=c.get("ckanext.archiver.proxy") or None,
+        download=download and c.get("ckanext.archiver.download"),
+    )
+
+
+def _limiter() -> HostLimiter:
+    return HostLimiter(
+        archiver_queue.redis_client(), "archiver:{}".format(tk.config.get("ckan.site_id")),
+        int(tk.config.get("ckanext.archiver.per_host_concurrency")),
+        float(tk.config.get("ckanext.archiver.per_host_min_interval")),
+        lease=float(tk.config.get("ckanext.archiver.total_timeout")) + 30)
+
+
+# ---------------------------------------------------------------------------
+# One batch
+
+
+@dataclass
+class Job:
+    resource_id: str
+    package_id: Optional[str] = None
+    url: Optional[str] = None
+    url_type: Optional[str] = None
+    format: Optional[str] = None
+    timestamp: Optional[datetime.datetime] = None
+    active: bool = False
+    previous: Optional[dict[str, Any]] = None
+    outcome: Optional[Outcome] = None
+    cache_filepath: Optional[str] = None
+    cache_url: Optional[str] = None
+    skip_reason: Optional[str] = None
+    retry: bool = False
+
+
+@dataclass
+class BatchResult:
+    recorded: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    retry: list[Job] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
+        for job in self.recorded:
+            sid = job.outcome.status_id
+            if sid in (st.UNCHANGED,):
+                out["unchanged"] += 1
+            elif st.is_broken(sid) is False:
+                out["archived"] += 1
+            elif st.is_broken(sid):
+                out["broken"] += 1
+            else:
+                out["not sure"] += 1
+        return out
+
+
+def _naive(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
+    if value is not None and value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _aware(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value
+
+
+def _load_jobs(resource_ids: list[str]) -> list[Job]:
+    r, p = model.Resource, model.Package
+    rows = model.Session.query(
+        r.id, r.package_id, r.url, r.url_type, r.format, r.last_modified, r.created,
+        r.state, p.state,
+    ).join(p, p.id == r.package_id).filter(r.id.in_(resource_ids)).all()
+    found = {row[0]: row for row in rows}
+    previous = {a.resource_id: {c: getattr(a, c) for c in Archival.__table__.columns.keys()}
+                for a in model.Session.query(Archival).filter(
+                    Archival.resource_id.in_(resource_ids))}
+    jobs = []
+    for rid in dict.fromkeys(resource_ids):
+        row = found.get(rid)
+        job = Job(resource_id=rid, previous=previous.get(rid))
+        if row is not None:
+            (_, job.package_id, job.url, job.url_type, job.format, last_modified,
+             created, state, pkg_state) = row
+            job.timestamp = last_modified or created
+            job.active = state == "active" and pkg_state == "active"
+        jobs.append(job)
+    return jobs
+
+
+def _download_wanted(job: Job) -> bool:
+    check_only = {f.lower() for f in tk.config.get("ckanext.archiver.check_only_formats")}
+    return (job.format or "").strip().lower() not in check_only
+
+
+def _previous(job: Job) -> Optional[Previous]:
+    prev = job.previous
+    if not prev or prev.get("status_id") is None:
+        return None
+    return Previous(url=prev["url"], etag=prev["etag"], last_modified=prev["last_modified"],
+                    sha256=prev["sha256"], fresh_until=_aware(prev["fresh_until"]),
+                    cache_filepath=prev["cache_filepath"])
+
+
+def _cache_url(job: Job, filename: str, store: Storage) -> Optional[str]:
+    url = store.cache_url(job.resource_id, filename)
+    if url:
+        return url
+    return "{}/dataset/{}/resource/{}/archive/{}".format(
+        tk.config.get("ckan.site_url").rstrip("/"), job.package_id, job.resource_id,
+        urllib.parse.quote(filename))
+
+
+def _from_upload(job: Job) -> Outcome:
+    """An uploaded file is read where CKAN keeps it, not over HTTP."""
+    from ckan.lib import uploader
+
+    path = uploader.get_resource_uploader({"id": job.resource_id, "url_type": "upload",
+                                           "url": job.url}).get_path(job.resource_id)
+    path = str(path)
+    if not os.path.isfile(path):
+        return Outcome(status_id=st.DOWNLOAD_ERROR, url=job.url or "",
+                       reason="The uploaded file is missing from CKAN's storage")
+    sha1, sha256, size = hashlib.sha1(), hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha1.update(chunk)
+            sha256.update(chunk)
+            size += len(chunk)
+    job.cache_filepath = path
+    job.cache_url = job.url
+    mimetype = mimetypes.guess_type(job.url or "")[0]
+    return Outcome(status_id=st.ARCHIVED, reason="Uploaded file", url=job.url or "",
+                   size=size, hash=sha1.hexdigest(), sha256=sha256.hexdigest(),
+                   mimetype=mimetype)
+
+
+def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
+             force: bool) -> None:
+    """Check one resource; sets job.outcome (never raises)."""
+    tmp_path = None
+    try:
+        if job.url_type == "upload":
+            job.outcome = _from_upload(job)
+            return
+        settings = fetch_settings(download=_download_wanted(job))
+        previous = _previous(job)
+        host = urllib.parse.urlsplit((job.url or "").strip()).hostname
+        token = None
+        fresh = (not force and previous is not None and previous.url == (job.url or "").strip()
+                 and previous.fresh_until is not None
+                 and previous.fresh_until > datetime.datetime.now(datetime.timezone.utc))
+        if limiter is not None and host and not fresh:
+            token = limiter.acquire(host, timeout=celery_app.HOST_WAIT_MAX)
+            if token is None:
+                job.retry = True
+                job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",
+                                      reason="Host busy: waited too long for a free slot",
+                                      transient=True)
+                return
+        try:
+            outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(store, job),
+                            force=force, session=get_session(settings))
+        finally:
+            if token is not None:
+                limiter.release(host, token)
+        job.outcome = outcome
+        tmp_path = outcome.tmp_path
+        if tmp_path:
+            if not store.has_room(outcome.size or 0):
+                outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
+                outcome.reason = "Chose not to download: archive full"
+                return
+            filename = outcome.filename or "resource"
+            job.cache_filepath = store.store(job.resource_id, tmp_path, filename)
+            tmp_path = None
+            job.cache_url = _cache_url(job, os.path.basename(job.cache_filepath), store)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as e:  # a bug or the disk: record it, do not crash the batch
+        log.exception("Archiving resource %s failed", job.resource_id)
+        reason = f"System error during archival: {type(e).__name__}"
+        if isinstance(e, OSError) and e.errno is not None:
+            reason += f" ({os.strerror(e.errno)})"
+        job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
+    finally:
+        if tmp_path and os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        with contextlib.suppress(OSError):
+            os.rmdir(_tmp_dir(store, job, create=False))
+
+
+def _tmp_dir(store: Storage, job: Job, create: bool = True) -> str:
+    """A temp folder per resource: what a killed attempt left in it is
+    removed when the resource is archived again."""
+    path = os.path.join(store.tmp_dir(), hashlib.sha1(job.resource_id.encode()).hexdigest())
+    if create:
+        if os.path.isdir(path):
+            for name in os.listdir(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(path, name))
+        os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
+    out = job.outcome
+    prev = job.previous or {}
+    broken = st.is_broken(out.status_id)
+    values: dict[str, Any] = {
+        "resource_id": job.resource_id, "package_id": job.package_id,
+        "resource_timestamp": job.timestamp, "status_id": out.status_id,
+        "is_broken": broken, "reason": out.reason,
+        "url": (job.url or "").strip(), "url_redirected_to": out.url_redirected_to,
+        "http_status": out.http_status, "is_web_page": out.is_web_page,
+        "updated": now,
+        "next_check_at": now + datetime.timedelta(
+            days=int(tk.config.get("ckanext.archiver.recheck_days"))),
+    }
+    if out.status_id in (st.ARCHIVED, st.UNCHANGED, st.CHECKED):
+        values.update(cache_control=out.cache_control, fresh_until=_naive(out.fresh_until),
+                      etag=out.etag, last_modified=out.last_modified)
+    if job.cache_filepath:  # a new file was stored
+        values.update(cache_filepath=job.cache_filepath, cache_url=job.cache_url,
+                      size=out.size, mimetype=out.mimetype, hash=out.hash,
+                      sha256=out.sha256)
+    elif out.status_id == st.CHECKED:
+        values.update(size=out.size, mimetype=out.mimetype)
+    elif out.status_id == st.UNCHANGED and out.mimetype and not prev.get("mimetype"):
+        values["mimetype"] = out.mimetype
+    # else: the cached copy of the last success is kept, as are its hashes
+    if broken is False:
+        values.update(last_success=now, first_failure=None, failure_count=0)
+    else:
+        values.update(first_failure=prev.get("first_failure") or now,
+                      failure_count=(prev.get("failure_count") or 0) + 1)
+    return values
+
+
+def _save(jobs: list[Job]) -> None:
+    if not jobs:
+        return
+    now = utcnow()
+    table = Archival.__table__
+    for job in jobs:
+        values = _row_values(job, now)
+        stmt = pg_insert(table).values(id=job.resource_id, created=now, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["resource_id"], set_=values)
+        model.Session.execute(stmt)
+    model.Session.execute(sa.insert(ArchivalHistory.__table__), [{
+        "resource_id": job.resource_id, "package_id": job.package_id,
+        "checked_at": _naive(job.outcome.checked_at) or now,
+        "status_id": job.outcome.status_id, "is_broken": st.is_broken(job.outcome.status_id),
+        "http_status": job.outcome.http_status, "duration": job.outcome.duration,
+        "bytes_received": job.outcome.bytes_received,
+    } for job in jobs])
+    model.Session.commit()
+
+
+def _mark_started(jobs: list[Job]) -> None:
+    ids = [j.resource_id for j in jobs if j.previous is not None]
+    if ids:
+        model.Session.query(Archival).filter(Archival.resource_id.in_(ids)).update(
+            {"started_at": utcnow()}, synchronize_session=False)
+        model.Session.commit()
+
+
+def _already_done(job: Job, queued_at: Optional[datetime.datetime]) -> bool:
+    """Checked since it was queued (a priority check overtook this one)."""
+    updated = (job.previous or {}).get("updated")
+    return bool(queued_at and updated and updated >= queued_at
+                and (job.previous or {}).get("status_id") is not None)
+
+
+def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
+                  queued_at: Optional[str] = None, force: bool = False,
+                  attempt: int = 0, polite: bool = True) -> BatchResult:
+    """Archive resources now, in this process."""
+    result = BatchResult()
+    queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
+    archiver_queue.release(resource_ids)
+    jobs = _load_jobs(list(resource_ids))
+    todo = []
+    for job in jobs:
+        if not job.active:
+            job.skip_reason = "resource deleted or missing"
+        elif not force and _already_done(job, queued):
+            job.skip_reason = "already checked since queued"
+        (result.skipped if job.skip_reason else todo).append(job)
+    if not todo:
+        return result
+    _mark_started(todo)
+    store = storage()
+    limiter = _limiter() if polite else None
+    workers = min(len(todo), 64)
+    if workers == 1:
+        _run_one(todo[0], store, limiter, force)
+    else:
+        with ThreadPoolExecutor(max_workers=workers,
+                                thread_name_prefix="archiver-fetch") as pool:
+            list(pool.map(lambda j: _run_one(j, store, limiter, force), todo))
+    max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
+    for job in todo:
+        if (job.retry or job.outcome.transient) and attempt < max_retries:
+            result.retry.append(job)
+        else:
+            result.recorded.append(job)
+    _save(result.recorded)
+    _notify(result.recorded, queue_name)
+    return result
+
+
+def _notify(jobs: list[Job], queue_name: str) -> None:
+    for job in jobs:
+        interfaces.notify("archived", queue_name, resource_id=job.resource_id,
+                          cache_filepath=job.cache_filepath or (job.previous or {}).get(
+                              "cache_filepath"))
+    done = {}
+    for job in jobs:
+        done.setdefault(job.package_id, set()).add(job.resource_id)
+    if not done:
+        return
+    active = model.Session.query(model.Resource.package_id, model.Resource.id).filter(
+        model.Resource.package_id.in_(list(done)), model.Resource.state == "active").all()
+    expected: dict[str, set[str]] = {}
+    for pid, rid in active:
+        expected.setdefault(pid, set()).add(rid)
+    for pid, rids in done.items():
+        if expected.get(pid, set()) <= rids:
+            interfaces.notify("package-archived", queue_name, package_id=pid)
+
+
+def backoff(attempt: int, retry_after: Optional[float] = None) -> int:
+    """Seconds before retry number ``attempt + 1``: exponential, with
+    jitter, at least the server's Retry-After, at most MAX_COUNTDOWN."""
+    base = float(tk.config.get("ckanext.archiver.retry_delay"))
+    delay = base * (2 ** attempt) * random.uniform(0.75, 1.25)
+    if retry_after:
+        delay = max(delay, retry_after)
+    return int(min(delay, celery_app.MAX_COUNTDOWN))
+
+
+# ---------------------------------------------------------------------------
+# Celery
+
+
+_guard_lock = threading.Lock()
+
+
+def _too_many_deliveries(task_id: Optional[str]) -> bool:
+    """A message that killed its worker MAX_DELIVERIES times is not given
+    out again (no endless redelivery loop)."""
+    if not task_id:
+        return False
+    key = "archiver:{}:deliveries:{}".format(tk.config.get("ckan.site_id"), task_id)
+    r = archiver_queue.redis_client()
+    with _guard_lock:
+        count = r.incr(key)
+        r.expire(key, 24 * 3600)
+    return count > MAX_DELIVERIES
+
+
+def _record_system_error(resource_ids: list[str], reason: str) -> None:
+    jobs = [j for j in _load_jobs(resource_ids) if j.active]
+    for job in jobs:
+        job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
+    _save(jobs)
+
+
+def forget(resource_ids: list[str]) -> int:
+    """Deleted resources: remove their archived files and say so on their
+    rows (history is kept). Returns bytes freed."""
+    store = storage()
+    freed = sum(store.remove(rid) for rid in resource_ids)
+    with model.meta.engine.begin() as conn:
+        conn.execute(sa.update(Archival.__table__).where(
+            Archival.__table__.c.resource_id.in_(resource_ids)).values(
+            cache_filepath=None, cache_url=None, reason="Resource deleted",
+            updated=utcnow()))
+    return freed
+
+
+@shared_task(bind=True, name="ckanext.archiver.archive_resources")
+def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
+                      queued_at: Optional[str] = None, force: bool = False,
+                      attempt: int = 0) -> dict[str, int]:
+    """Archive a batch of resources (one, for the priority queue)."""
+    try:
+        if _too_many_deliveries(self.request.id):
+            _record_system_error(resource_ids, "System error during archival: "
+                                 "the worker stopped every time it archived this")
+            return {"gave up": len(resource_ids)}
+        result = archive_batch(resource_ids, queue, queued_at, force, attempt)
+        for job in result.retry:
+            archive_resources.apply_async(
+                args=[[job.resource_id]],
+                kwargs={"queue": queue, "queued_at": None, "force": force,
+                        "attempt": attempt + 1},
+                queue=celery_app.queue_name(queue),
+                countdown=backoff(attempt, job.outcome.retry_after if job.outcome else None))
+        counts = result.counts()
+        counts["retrying"] = len(result.retry)
+        return counts
+    except sa.exc.OperationalError as e:  # database unavailable: retry later
+        model.Session.rollback()
+        max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
+        raise self.retry(exc=e, countdown=backoff(self.request.retries),
+                         max_retries=max_retries) from e
+    finally:
+        model.Session.remove()
+
+
+@shared_task(name="ckanext.archiver.archive_package")
+def archive_package(package_id: str, queue: str = "bulk") -> int:
+    """Queue every active resource of a dataset."""
+    try:
+        rows = model.Session.query(model.Resource.id).filter(
+            model.Resource.package_id == package_id,
+            model.Resource.state == "active").all()
+        return archiver_queue.enqueue([(r.id, package_id) for r in rows], queue)
+    finally:
+        model.Session.remove()

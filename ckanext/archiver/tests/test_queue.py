@@ -1,0 +1,143 @@
+"""Triggers, de-duplication and the Celery path, with real Redis and a
+real Celery worker."""
+
+import os
+import signal
+import time
+
+import pytest
+from ckan import model
+from ckan.tests import factories
+from ckan.tests.helpers import call_action
+
+from ckanext.archiver import celery_app, queue
+from ckanext.archiver.model import Archival
+from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.http_fixtures import drip
+
+pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
+
+
+def _row(resource_id):
+    model.Session.remove()
+    return Archival.get_for_resource(resource_id)
+
+
+def _checked(resource_id):
+    row = _row(resource_id)
+    return row if row is not None and row.status_id is not None else None
+
+
+def test_create_enqueues_on_priority_once(httpserver):
+    res = factories.Resource(url=httpserver.url_for("/a.csv"))
+    assert queue.lengths() == {"priority": 1, "bulk": 0}
+    assert queue.redis_client().get(queue.pending_key(res["id"])) == b"priority"
+    assert _row(res["id"]).queued_at is not None
+    # queuing again while it waits does nothing
+    assert queue.enqueue([(res["id"], res["package_id"])], "priority") == 0
+    assert queue.enqueue([(res["id"], res["package_id"])], "bulk") == 0
+    assert queue.lengths() == {"priority": 1, "bulk": 0}
+
+
+def test_bulk_waiting_resource_is_raised_to_priority():
+    dataset = factories.Dataset()
+    res = factories.Resource(package_id=dataset["id"])
+    queue.purge()
+    assert queue.enqueue([(res["id"], dataset["id"])], "bulk") == 1
+    assert queue.enqueue([(res["id"], dataset["id"])], "priority") == 1
+    assert queue.lengths() == {"priority": 1, "bulk": 1}
+    assert queue.enqueue([(res["id"], dataset["id"])], "priority") == 0
+
+
+def test_metadata_only_edit_enqueues_nothing():
+    res = factories.Resource(url="http://127.0.0.1:9/x.csv")
+    queue.purge()
+    call_action("resource_patch", id=res["id"], description="new words")
+    call_action("package_patch", id=res["package_id"], notes="more words")
+    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    call_action("resource_patch", id=res["id"], url="http://127.0.0.1:9/y.csv")
+    # still queued from creation (never checked): not queued twice
+    assert queue.lengths()["priority"] == 0
+
+
+def test_url_change_of_checked_resource_enqueues(httpserver):
+    from ckanext.archiver import tasks
+
+    httpserver.expect_request("/a").respond_with_data("a")
+    res = factories.Resource(url=httpserver.url_for("/a"))
+    tasks.archive_batch([res["id"]])
+    queue.purge()
+    call_action("resource_patch", id=res["id"], name="renamed")
+    assert queue.lengths()["priority"] == 0
+    call_action("resource_patch", id=res["id"], url=httpserver.url_for("/b"))
+    assert queue.lengths()["priority"] == 1
+
+
+def test_broker_down_save_still_succeeds(ckan_config, monkeypatch, caplog):
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.broker_url", "redis://127.0.0.1:1/0")
+    celery_app.reset()
+    queue._redis.clear()
+    dataset = factories.Dataset()
+    res = call_action("resource_create", package_id=dataset["id"], url="http://example.com/x")
+    assert res["id"]
+    assert "Could not queue 1 resources" in caplog.text
+    assert call_action("package_show", id=dataset["id"])["num_resources"] == 1
+
+
+def test_end_to_end_through_celery(celery_worker, httpserver, archive_dir):
+    httpserver.expect_request("/ok.csv").respond_with_data("a,b\n", content_type="text/csv")
+    httpserver.expect_request("/missing").respond_with_data("", status=404)
+    dataset = factories.Dataset(resources=[
+        {"url": httpserver.url_for("/ok.csv"), "name": "ok"},
+        {"url": httpserver.url_for("/missing"), "name": "missing"}])
+    ok, missing = dataset["resources"]
+    assert wait_for(lambda: _checked(ok["id"])).status_id == 0
+    assert wait_for(lambda: _checked(missing["id"])).is_broken is True
+    shown = call_action("package_show", id=dataset["id"])
+    assert shown["archiver"]["is_broken"] is True
+    # `update` through the bulk queue: rechecked, unchanged or 304
+    before = _row(ok["id"]).updated
+    assert queue.enqueue([(ok["id"], dataset["id"])], "bulk") == 1
+    wait_for(lambda: _row(ok["id"]).updated > before)
+    assert queue.lengths() == {"priority": 0, "bulk": 0}
+
+
+def test_archive_package_fans_out(celery_worker, httpserver):
+    from ckanext.archiver import tasks
+
+    httpserver.expect_request("/x").respond_with_data("x")
+    dataset = factories.Dataset(resources=[{"url": httpserver.url_for("/x")}] * 3)
+    ids = [r["id"] for r in dataset["resources"]]
+    for rid in ids:
+        wait_for(lambda rid=rid: _checked(rid))
+    before = {rid: _row(rid).updated for rid in ids}
+    tasks.archive_package.delay(dataset["id"], "bulk")
+    for rid in ids:
+        wait_for(lambda rid=rid: _row(rid).updated > before[rid])
+
+
+@pytest.mark.celery
+def test_sigkill_mid_download_is_redelivered(subprocess_worker, raw_server, archive_dir):
+    """The pool process is killed while it downloads: the message comes back,
+    the resource ends archived, and no partial file is left."""
+    calls = []
+    slow = drip(b"z" * 40, interval=0.1)
+
+    def handler(request, conn):
+        calls.append(time.monotonic())
+        return slow(request, conn)
+
+    url = raw_server.route("/slow", handler)
+    proc = subprocess_worker("--pool=prefork", "--concurrency=1")
+    res = factories.Resource(url=url)
+    wait_for(lambda: calls, timeout=60)
+    time.sleep(0.5)
+    children = [int(p) for p in os.popen(f"pgrep -P {proc.pid}").read().split()]
+    assert children, "no pool process"
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    row = wait_for(lambda: _checked(res["id"]), timeout=60)
+    assert len(calls) >= 2
+    assert row.status_id == 0 and row.size == 40
+    files = [p for p in archive_dir.rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in files] == [b"z" * 40]
