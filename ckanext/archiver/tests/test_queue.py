@@ -141,3 +141,64 @@ def test_sigkill_mid_download_is_redelivered(subprocess_worker, raw_server, arch
     assert row.status_id == 0 and row.size == 40
     files = [p for p in archive_dir.rglob("*") if p.is_file()]
     assert [p.read_bytes() for p in files] == [b"z" * 40]
+
+
+def test_lost_queue_entries_come_back(httpserver):
+    """Redis lost its queues (restart without persistence): the rows still
+    say what was waiting, and requeue_lost (run at worker start and by
+    `update --stale`) queues it again."""
+    factories.Resource(url=httpserver.url_for("/x"))
+    assert queue.lengths()["priority"] == 1
+    queue.purge()  # queues and pending marks gone, as after a Redis restart
+    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    assert queue.requeue_lost() == 1
+    assert queue.lengths() == {"priority": 0, "bulk": 1}
+    assert queue.requeue_lost() == 0  # waiting again: not twice
+
+
+def test_worker_start_recovers_lost_entries(httpserver):
+    res = factories.Resource(url=httpserver.url_for("/x"))
+    queue.purge()
+    celery_app._on_worker_ready()
+    assert queue.lengths()["bulk"] == 1
+    assert queue.redis_client().get(queue.pending_key(res["id"])) == b"bulk"
+
+
+def test_message_that_kills_its_worker_is_not_redelivered_forever(httpserver):
+    from ckanext.archiver import tasks
+
+    res = factories.Resource(url=httpserver.url_for("/x"))
+    for _ in range(tasks.MAX_DELIVERIES):
+        assert not tasks._too_many_deliveries("task-1")
+    assert tasks._too_many_deliveries("task-1")
+    tasks._record_system_error([res["id"]], "System error during archival: the worker "
+                               "stopped every time it archived this")
+    row = _row(res["id"])
+    assert row.status_id == 23 and row.is_broken is None and "worker stopped" in row.reason
+
+
+def test_database_unavailable_retries_then_gives_up(httpserver, monkeypatch, ckan_config):
+    """A dropped database connection during a task: the task is retried
+    (max_retries times, with backoff), then fails; no crash loop."""
+    import sqlalchemy as sa
+
+    from ckanext.archiver import tasks
+
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 2)
+    res = factories.Resource(url=httpserver.url_for("/x"))
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(tasks, "_load_jobs", broken)
+    celery_app.get_app()
+    from celery.exceptions import Retry
+
+    with pytest.raises(Retry):  # retried later, with backoff
+        tasks.archive_resources.apply(args=[[res["id"]]], throw=True).get()
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 0)
+    with pytest.raises(sa.exc.OperationalError):  # out of retries: fails, no loop
+        tasks.archive_resources.apply(args=[[res["id"]]], throw=True).get()
+    assert len(calls) == 2
