@@ -30,8 +30,11 @@ test-matrix:
 demo: setup
 	$(PY) scripts/demo.py
 
+## Benchmarks: each prints its numbers beside a baseline (see bench/README.md).
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_fetch.py
+	$(PY) bench/bench_queue.py
+	$(PY) bench/bench_report.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

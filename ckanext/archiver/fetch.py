@@ -674,7 +674,7 @@ class _Attempt:
         reason = f"File too large: over the {_mb(cap)} limit"
         if encoding and encoding != "identity":
             reason += (
-                f" once decompressed (the server sent {_mb(self.bytes_received)} "
+                f" once decompressed (the server sent {_human(self.bytes_received)} "
                 f"{encoding}-compressed)"
             )
         else:
@@ -770,36 +770,49 @@ class _Attempt:
 class _Hasher:
     """sha1 + sha256 of a stream. Past the first MB the hashing moves to a
     helper thread (hashlib releases the GIL), overlapping it with the socket
-    reads and file writes; a bounded queue keeps memory flat."""
+    reads and file writes. Chunks are handed over in batches of about 1 MB
+    through a small bounded queue, so memory stays flat (a few MB at most)."""
 
     INLINE_BYTES = 1 << 20
+    BATCH_BYTES = 1 << 20
 
     def __init__(self) -> None:
         self._hashes = (hashlib.sha1(), hashlib.sha256())
         self._seen = 0
+        self._batch: list = []
+        self._batch_bytes = 0
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
 
     def update(self, chunk: bytes) -> None:
         self._seen += len(chunk)
-        if self._queue is not None:
-            self._queue.put(chunk)
-        elif self._seen <= self.INLINE_BYTES:
+        if self._queue is None and self._seen <= self.INLINE_BYTES:
             for h in self._hashes:
                 h.update(chunk)
-        else:
-            self._queue = queue.Queue(maxsize=16)
+            return
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=4)
             self._thread = threading.Thread(target=self._work, name="fetch-hash", daemon=True)
             self._thread.start()
-            self._queue.put(chunk)
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= self.BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch, self._batch_bytes = [], 0
 
     def _work(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            for h in self._hashes:
-                h.update(chunk)
+        while (batch := self._queue.get()) is not None:
+            for chunk in batch:
+                for h in self._hashes:
+                    h.update(chunk)
 
     def close(self) -> None:
         if self._thread is not None:
+            self._flush()
             self._queue.put(None)
             self._thread.join()
             self._thread = None

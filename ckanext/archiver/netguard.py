@@ -33,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -353,6 +354,7 @@ class _GuardedConnectionMixin:
                 if self.source_address:
                     sock.bind(self.source_address)
                 sock.connect(sockaddr)
+                sys.audit("http.client.connect", self, self.host, self.port)
                 _notify(self, sock)
                 return sock
             except OSError as e:

@@ -88,6 +88,7 @@ def fetch_settings(download: bool = True) -> FetchSettings:
         allowed_networks=tuple(c.get("ckanext.archiver.allowed_networks")),
         proxy=c.get("ckanext.archiver.proxy") or None,
         download=download and c.get("ckanext.archiver.download"),
+        max_fresh_seconds=c.get("ckanext.archiver.max_fresh_seconds"),
     )
 
 

@@ -453,9 +453,12 @@ def test_content_length_over_the_cap_is_refused_early(run, raw_server):
 
 
 def test_no_cap(run, raw_server):
-    body = b"x" * 2_000_000
+    body = os.urandom(1_000_000) * 2
     outcome = run(raw_server.route("/big.bin", serve_bytes(body)), max_content_length=0)
     assert outcome.status_id == status.ARCHIVED and outcome.size == 2_000_000
+    # past the first MB the hashes are computed in a helper thread: still exact
+    assert outcome.sha256 == hashlib.sha256(body).hexdigest()
+    assert outcome.hash == hashlib.sha1(body).hexdigest()
 
 
 def test_missing_content_length_over_the_cap(run, raw_server):
@@ -592,6 +595,20 @@ def test_dripping_headers_stop_at_the_total_deadline(run, raw_server):
     outcome = run(url, read_timeout=1, total_timeout=1.5)
     assert outcome.reason == "Timed out after 1.5 s"
     assert time.monotonic() - started < 3.5
+
+
+def test_dripping_redirect_body_stops_at_the_total_deadline(run, raw_server):
+    def handler(request, conn):
+        conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /next\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(1000):
+            conn.sendall(b"x")
+            time.sleep(0.3)
+
+    started = time.monotonic()
+    outcome = run(raw_server.route("/slow-redirect", handler), read_timeout=1, total_timeout=1.5)
+    assert outcome.reason == "Timed out after 1.5 s"
+    assert time.monotonic() - started < 3.5
+    assert raw_server.paths() == ["/slow-redirect"]
 
 
 def test_read_timeout_waiting_for_the_response(run, raw_server):
