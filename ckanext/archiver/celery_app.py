@@ -49,6 +49,12 @@ def _ckan_config() -> Any:
     from ckan.config.middleware import make_app
 
     make_app(load_config(ini))
+    # CKAN's load_config runs logging.config.fileConfig, which disables the
+    # loggers that already exist (Celery's own, made before the app is
+    # loaded): switch them back on, or task results and errors go unlogged.
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and name.startswith(("celery", "kombu")):
+            logger.disabled = False
     return config
 
 

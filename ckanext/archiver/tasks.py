@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import logging
 import mimetypes
@@ -59,8 +60,15 @@ def archive_dir() -> str:
 
 
 def storage() -> Storage:
-    return Storage(archive_dir(), tk.config.get("ckanext.archiver.cache_url_root"),
-                   int(tk.config.get("ckanext.archiver.max_archive_bytes") or 0))
+    """The process's Storage (kept, so that its count of used bytes for the
+    quota is not rebuilt by walking the archive for every batch)."""
+    return _storage(archive_dir(), tk.config.get("ckanext.archiver.cache_url_root"),
+                    int(tk.config.get("ckanext.archiver.max_archive_bytes") or 0))
+
+
+@functools.lru_cache(maxsize=8)
+def _storage(path: str, cache_url_root: Optional[str], max_archive_bytes: int) -> Storage:
+    return Storage(path, cache_url_root, max_archive_bytes)
 
 
 def user_agent() -> str:
@@ -391,10 +399,13 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
     for job in todo:
         if (job.retry or job.outcome.transient) and attempt < max_retries:
+            job.outcome.reason += " (will retry)"
             result.retry.append(job)
         else:
             result.recorded.append(job)
-    _save(result.recorded)
+    # every attempt is recorded, so the page says what happened last; only
+    # final results are announced downstream
+    _save(result.recorded + result.retry)
     _notify(result.recorded, queue_name)
     return result
 

@@ -81,7 +81,7 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
         if value:
             return value
         if time.monotonic() > give_up:
-            raise AssertionError("timed out waiting for {}".format(predicate))
+            raise AssertionError(f"timed out waiting for {predicate}")
         time.sleep(interval)
 
 

@@ -189,3 +189,23 @@ def test_downstream_notified_and_failing_listener_harmless(httpserver, monkeypat
     assert events[0][1]["cache_filepath"].endswith("/x")
     assert events[1] == ("package-archived", {"queue": "priority", "package_id": dataset["id"]})
     assert _row(res["id"]).status_id == 0
+
+
+def test_transient_failure_recorded_while_retrying(httpserver, ckan_config, monkeypatch):
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 2)
+    httpserver.expect_request("/busy").respond_with_data(
+        "busy", status=503, headers={"Retry-After": "120"})
+    res = factories.Resource(url=httpserver.url_for("/busy"))
+    result = tasks.archive_batch([res["id"]])
+    assert [j.resource_id for j in result.retry] == [res["id"]]
+    assert result.retry[0].outcome.retry_after == 120
+    row = _row(res["id"])
+    assert row.status_id == st.DOWNLOAD_ERROR and row.reason.endswith("(will retry)")
+    assert "503" in row.reason
+    final = tasks.archive_batch([res["id"]], attempt=2)
+    assert final.recorded and not final.retry
+    assert not _row(res["id"]).reason.endswith("(will retry)")
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 30.0)
+    assert 22 <= tasks.backoff(0) <= 38  # 30 s with jitter
+    assert tasks.backoff(0, retry_after=120) == 120
+    assert tasks.backoff(10) == 900  # capped below the visibility timeout
