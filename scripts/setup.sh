@@ -99,4 +99,9 @@ for ini in test.ini dev.ini; do
   "$VENV/bin/ckan" -c "$ini" db upgrade >/dev/null 2>&1 || "$VENV/bin/ckan" -c "$ini" db init
   "$VENV/bin/ckan" -c "$ini" db upgrade -p archiver
 done
+# --- Browser for the browser test (tests/test_browser.py) -------------------
+# Debian's Chromium and its driver: Selenium never downloads a browser.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install chromium chromium-driver
+fi
 say "set-up done ($VENV, CKAN $CKAN_VERSION)"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import datetime
+import os
+from typing import Any, Optional, Sequence
+
+import ckan.plugins.toolkit as tk
+from markupsafe import Markup, escape
 
 from ckanext.archiver import status as st
 
@@ -11,5 +16,164 @@ def archiver_is_broken_printable(is_broken: Optional[bool]) -> str:
     return st.is_broken_printable(is_broken)
 
 
+def archiver_status_text(status_id: Optional[int]) -> str:
+    """Translated text of a status id ('' for None)."""
+    text = st.text(status_id)
+    return tk._(text) if text else ""
+
+
+def archiver_status_class(is_broken: Optional[bool]) -> str:
+    """``ok``, ``broken`` or ``unsure``: the CSS suffix of a status."""
+    if is_broken is None:
+        return "unsure"
+    return "broken" if is_broken else "ok"
+
+
+def archiver_status_label(is_broken: Optional[bool]) -> str:
+    """Short, translated label of a link's state."""
+    if is_broken is None:
+        return tk._("Not sure")
+    return tk._("Broken") if is_broken else tk._("OK")
+
+
+def _as_datetime(value: Any) -> Optional[datetime.datetime]:
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
+                         info: Optional[dict[str, Any]] = None,
+                         ) -> Optional[dict[str, Any]]:
+    """The cached copy of a resource (from its ``archiver`` dict, or
+    ``info``), or None.
+
+    :returns: ``url``, ``filename``, ``size``, ``mimetype``, ``date`` (when
+        the copy was last known to match the link) and ``before_failure``
+        (True when the copy dates from before the link broke).
+    """
+    info = info or res.get("archiver") or {}
+    path = info.get("cache_filepath")
+    url = info.get("cache_url")
+    if not path and not url:
+        return None
+    filename = os.path.basename(path) if path else url.rstrip("/").rsplit(
+        "/", 1)[-1]
+    if not url:
+        url = tk.h.url_for("archiver.cached_copy", id=pkg.get("name") or
+                           pkg["id"], resource_id=res["id"], filename=filename)
+    date = _as_datetime(info.get("last_success")) or _as_datetime(
+        info.get("updated"))
+    first_failure = _as_datetime(info.get("first_failure"))
+    return {
+        "url": url, "filename": filename, "size": info.get("size"),
+        "mimetype": info.get("mimetype"), "date": date,
+        "before_failure": bool(first_failure and date and date < first_failure),
+    }
+
+
+def archiver_dataset_url(package_type: Optional[str], name: str,
+                         resource_id: Optional[str] = None,
+                         qualified: bool = False) -> str:
+    """URL of a dataset (or one of its resources) page, for any dataset
+    type; the default type's pages when the type has no pages of its own."""
+    kwargs: dict[str, Any] = {"id": name, "qualified": qualified}
+    if resource_id:
+        kwargs["resource_id"] = resource_id
+    suffix = "_resource.read" if resource_id else ".read"
+    for dataset_type in dict.fromkeys((package_type or "dataset", "dataset")):
+        try:
+            return tk.h.url_for(dataset_type + suffix, **kwargs)
+        except Exception:  # no blueprint for this type (werkzeug BuildError)
+            continue
+    return ""
+
+
+def archiver_without_status(res: Any) -> Any:
+    """A copy of a resource dict without its ``archiver`` dict (for tables
+    that print every key)."""
+    if isinstance(res, dict) and "archiver" in res:
+        return {k: v for k, v in res.items() if k != "archiver"}
+    return res
+
+
+def archiver_broken_resources(pkg: dict[str, Any]) -> int:
+    """How many of a dataset's resources were found broken."""
+    return sum(1 for res in pkg.get("resources") or []
+               if (res.get("archiver") or {}).get("is_broken"))
+
+
+def archiver_shorten_url(url: Optional[str], length: int = 60) -> str:
+    """A long URL cut in the middle (``https://host/pa...ile.csv``)."""
+    url = url or ""
+    if len(url) <= length:
+        return url
+    keep = max(length - 1, 2)
+    head = keep * 2 // 3
+    return url[:head] + "\u2026" + url[len(url) - (keep - head):]
+
+
+def archiver_trend_svg(trend: Sequence[tuple[datetime.date, int]],
+                       width: int = 640, height: int = 140) -> Markup:
+    """A small line chart (inline SVG, no script) of ``[(date, count)]``."""
+    if not trend:
+        return Markup("")
+    left, right, top, bottom = 40, 12, 12, 24
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max(count for _day, count in trend)
+    scale = max(peak, 1)
+    step = plot_w / max(len(trend) - 1, 1)
+
+    def xy(i: int, count: int) -> tuple[float, float]:
+        return left + i * step, top + plot_h - plot_h * count / scale
+
+    points = [xy(i, count) for i, (_day, count) in enumerate(trend)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    base = top + plot_h
+    area = f"{left:.1f},{base:.1f} {line} {points[-1][0]:.1f},{base:.1f}"
+    first_day, last_day = trend[0][0], trend[-1][0]
+    title = tk._("Broken links per day, {start} to {end}: now {now}, "
+                 "at most {peak}").format(
+        start=first_day.isoformat(), end=last_day.isoformat(),
+        now=trend[-1][1], peak=peak)
+    marks = []
+    for (day, count), (x, y) in zip(trend, points):
+        marks.append(
+            f'<circle class="archiver-trend-point" cx="{x:.1f}" cy="{y:.1f}" '
+            f'r="3"><title>{escape(day.isoformat())}: {count}</title></circle>')
+    svg = f"""<svg class="archiver-trend" xmlns="http://www.w3.org/2000/svg"
+ viewBox="0 0 {width} {height}" width="100%" role="img"
+ aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet">
+<title>{escape(title)}</title>
+<line class="archiver-trend-axis" x1="{left}" y1="{base}" x2="{width - right}" y2="{base}"/>
+<line class="archiver-trend-grid" x1="{left}" y1="{top}" x2="{width - right}" y2="{top}"/>
+<text class="archiver-trend-label" x="{left - 6}" y="{top + 4}" text-anchor="end">{scale}</text>
+<text class="archiver-trend-label" x="{left - 6}" y="{base + 4}" text-anchor="end">0</text>
+<text class="archiver-trend-label" x="{left}" y="{height - 6}">{first_day.isoformat()}</text>
+<text class="archiver-trend-label" x="{width - right}" y="{height - 6}"
+ text-anchor="end">{last_day.isoformat()}</text>
+<polygon class="archiver-trend-area" points="{area}"/>
+<polyline class="archiver-trend-line" points="{line}"/>
+{"".join(marks)}
+</svg>"""
+    return Markup(svg)
+
+
 def get_helpers() -> dict[str, Any]:
-    return {"archiver_is_broken_printable": archiver_is_broken_printable}
+    return {
+        "archiver_is_broken_printable": archiver_is_broken_printable,
+        "archiver_status_text": archiver_status_text,
+        "archiver_status_class": archiver_status_class,
+        "archiver_status_label": archiver_status_label,
+        "archiver_cached_copy": archiver_cached_copy,
+        "archiver_broken_resources": archiver_broken_resources,
+        "archiver_without_status": archiver_without_status,
+        "archiver_dataset_url": archiver_dataset_url,
+        "archiver_shorten_url": archiver_shorten_url,
+        "archiver_trend_svg": archiver_trend_svg,
+    }
