@@ -81,7 +81,8 @@ def time_limits(config: Any = None) -> tuple[int, int]:
 def build(config: Any = None) -> Celery:
     config = config or _ckan_config()
     soft, hard = time_limits(config)
-    app = Celery("ckanext.archiver", include=["ckanext.archiver.tasks"])
+    app = Celery("ckanext.archiver",
+                 include=["ckanext.archiver.tasks", "ckanext.archiver.packages"])
     app.conf.update(
         broker_url=broker_url(config),
         result_backend=None,

@@ -6,7 +6,7 @@ import itertools
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import ckan.plugins.toolkit as tk
 import click
@@ -14,8 +14,7 @@ import redis
 import sqlalchemy as sa
 from ckan import model
 
-from ckanext.archiver import celery_app, queue, tasks
-from ckanext.archiver import status as st
+from ckanext.archiver import celery_app, queue, stats, tasks
 from ckanext.archiver.model import Archival, ArchivalHistory, selection
 
 __all__ = ["archiver"]
@@ -139,39 +138,12 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
     os.execvpe(args[0], args, env)
 
 
-def _status_numbers(with_workers: bool) -> dict[str, Any]:
-    counts = dict(model.Session.query(Archival.status_id, sa.func.count()).group_by(
-        Archival.status_id).all())
-    oldest = model.Session.query(sa.func.min(Archival.updated)).filter(
-        Archival.status_id.isnot(None)).scalar()
-    hour_ago = model.Session.query(sa.func.count(), sa.func.sum(ArchivalHistory.bytes_received)
-                                   ).filter(ArchivalHistory.checked_at > sa.func.now()
-                                            - sa.text("interval '1 hour'")).one()
-    out: dict[str, Any] = {
-        "by_status": {st.text(k) if k is not None else "queued, never checked": v
-                      for k, v in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0]))},
-        "oldest_check": oldest.isoformat() if oldest else None,
-        "checks_last_hour": hour_ago[0], "bytes_last_hour": int(hour_ago[1] or 0),
-    }
-    try:
-        out["queues"] = queue.lengths()
-    except redis.exceptions.RedisError as e:
-        out["queues"] = None
-        out["broker_error"] = type(e).__name__
-    if with_workers and out["queues"] is not None:
-        inspect = celery_app.get_app().control.inspect(timeout=1.0)
-        active = inspect.active() or {}
-        out["workers"] = sorted(active)
-        out["tasks_in_flight"] = sum(len(v) for v in active.values())
-    return out
-
-
 @archiver.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--no-workers", is_flag=True, help="Do not ask the workers (faster).")
 def status(as_json: bool, no_workers: bool):
     """Queue lengths, workers, counts by status, oldest check."""
-    numbers = _status_numbers(not no_workers)
+    numbers = stats.numbers(with_workers=not no_workers)
     if as_json:
         click.echo(json.dumps(numbers, indent=2))
         return
@@ -183,10 +155,13 @@ def status(as_json: bool, no_workers: bool):
     if "workers" in numbers:
         click.echo("Workers: {} ({} tasks in flight)".format(
             ", ".join(numbers["workers"]) or "none seen", numbers["tasks_in_flight"]))
-    for text, count in numbers["by_status"].items():
-        click.echo(f"  {count:>8}  {text}")
+    for row in numbers["status_counts"]:
+        click.echo("  {:>8}  {}".format(row["count"], row["status"]))
+    if numbers["resources"]["never_checked"]:
+        click.echo("  {:>8}  {}".format(numbers["resources"]["never_checked"],
+                                       "never checked"))
     click.echo("Oldest check: {}".format(numbers["oldest_check"] or "-"))
-    click.echo("Checks in the last hour: {}".format(numbers["checks_last_hour"]))
+    click.echo("Checks in the last hour: {}".format(numbers["last_hour"]["done"]))
 
 
 @archiver.command()
@@ -266,3 +241,86 @@ def init():
 
     _run_migrations("archiver")
     click.echo("Archiver tables are up to date")
+
+
+# -- packages, notifications, statistics -------------------------------------
+
+@archiver.command()
+@click.argument("datasets", nargs=-1)
+@click.option("--force", is_flag=True, help="Build even when the zip is up to date.")
+@click.option("--background", is_flag=True,
+              help="Queue the builds on the bulk queue instead of building here.")
+@click.option("--clean", is_flag=True, help="Remove the zips of deleted datasets.")
+def package(datasets: tuple[str, ...], force: bool, background: bool, clean: bool):
+    """Build the zip of DATASETS' archived files plus datapackage.json
+    (served at /dataset/<id>/archive.zip); rebuilt only when a file changed."""
+    from ckanext.archiver import packages
+
+    if not datasets and not clean:
+        _fail("Name one or more datasets (or use --clean)")
+    _check_archive_dir()
+    failed = False
+    for ident in datasets:
+        pkg = model.Package.get(ident)
+        if pkg is None or pkg.state == "deleted":
+            tk.error_shout(f"No dataset {ident}")
+            failed = True
+            continue
+        if background:
+            try:
+                queued = packages.queue_build(pkg.id)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                _broker_error(e)
+                return
+            click.echo(f"{pkg.name}: " + ("queued on bulk" if queued else "already queued"))
+            continue
+        try:
+            result = packages.build(pkg.id, force=force)
+        except packages.NothingToPackage:
+            click.echo(f"{pkg.name}: no archived files, no zip")
+            continue
+        except OSError as e:
+            tk.error_shout(f"{pkg.name}: {e}")
+            failed = True
+            continue
+        built = result.package
+        click.echo("{}: {} {} ({} files, {} bytes)".format(
+            pkg.name, "built" if result.built else "up to date", built.path,
+            built.members, built.size))
+    if clean:
+        removed, freed = packages.clean()
+        click.echo(f"Removed {removed} packages of deleted datasets, {freed} bytes")
+    if failed:
+        sys.exit(1)
+
+
+@archiver.command("notify")
+@click.argument("organizations", nargs=-1)
+@click.option("--dry-run", is_flag=True,
+              help="Only say what would be sent (nothing is sent or remembered).")
+def notify_command(organizations: tuple[str, ...], dry_run: bool):
+    """Email each organization's admins the links that broke or were fixed
+    since their last digest, and call the webhook (for cron).
+    ORGANIZATIONS (names or ids) limit the run; none means all."""
+    from ckanext.archiver import notify
+
+    try:
+        results = notify.run(organizations, dry_run=dry_run)
+    except notify.AlreadyRunning as e:
+        _fail(str(e))
+        return
+    for r in results:
+        parts = [f"{r.broken} broken, {r.recovered} fixed"]
+        if r.opted_out:
+            parts.append("emails switched off")
+        elif not dry_run:
+            parts.append(f"{r.mails_sent} emails sent")
+            if r.mails_failed:
+                parts.append(f"{r.mails_failed} failed")
+        if r.webhook is not None:
+            parts.append("webhook " + ("delivered" if r.webhook else "FAILED"))
+        click.echo(f"{r.organization}: " + ", ".join(parts))
+    verb = "would be notified" if dry_run else "notified"
+    click.echo(f"{len(results)} organizations with changes {verb}")
+    if any(r.webhook is False or r.mails_failed for r in results):
+        sys.exit(1)

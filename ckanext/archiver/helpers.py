@@ -58,6 +58,8 @@ def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
         (True when the copy dates from before the link broke).
     """
     info = info or res.get("archiver") or {}
+    if res.get("url_type") == "upload":
+        return None  # the "copy" of an uploaded file is the file itself
     path = info.get("cache_filepath")
     url = info.get("cache_url")
     if not path and not url:

@@ -14,7 +14,7 @@ from ckan.common import CKANConfig
 from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
-from ckanext.archiver import queue
+from ckanext.archiver import packages, queue
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,19 @@ class ArchiverPlugin(p.SingletonPlugin):
     p.implements(p.IConfigurer)
     p.implements(p.IPackageController, inherit=True)
     p.implements(p.IResourceController, inherit=True)
+    p.implements(p.ISignal)
 
     # IConfigurer
 
     def update_config(self, config: CKANConfig):
         tk.add_template_directory(config, "templates")
         tk.add_resource("assets", "ckanext-archiver")
+
+    # ISignal
+
+    def get_signal_subscriptions(self):
+        # dataset zips refreshed after archiving (option package_on_archived)
+        return packages.signal_subscriptions()
 
     # IPackageController
 

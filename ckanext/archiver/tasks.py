@@ -200,12 +200,12 @@ def _previous(job: Job) -> Optional[Previous]:
 
 
 def _cache_url(job: Job, filename: str, store: Storage) -> Optional[str]:
-    url = store.cache_url(job.resource_id, filename)
-    if url:
-        return url
-    return "{}/dataset/{}/resource/{}/archive/{}".format(
-        tk.config.get("ckan.site_url").rstrip("/"), job.package_id, job.resource_id,
-        urllib.parse.quote(filename))
+    """``cache_url_root`` when a web server publishes archive_dir, else
+    CKAN's own cached-copy view (which checks read permission)."""
+    from ckanext.archiver.views import cached_copy_url
+
+    return store.cache_url(job.resource_id, filename) or cached_copy_url(
+        job.package_id, job.resource_id, filename)
 
 
 def _from_upload(job: Job) -> Outcome:

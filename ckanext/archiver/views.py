@@ -31,27 +31,18 @@ from flask import Blueprint, Response, request, send_file, stream_with_context
 from ckanext.archiver import status as st
 from ckanext.archiver.helpers import archiver_dataset_url
 from ckanext.archiver.model import Archival, report
+from ckanext.archiver.tasks import archive_dir
 
 log = logging.getLogger(__name__)
 
 archiver = Blueprint("archiver", __name__)
 
-__all__ = ["archiver"]  # blanket.blueprints registers everything listed here
+__all__ = ["archiver", "archiver_extra"]  # blanket.blueprints registers everything listed here
 
 EXPORT_FORMATS = ("csv", "json")
 
 
 # -- helpers shared with the worker ------------------------------------------
-
-def archive_dir() -> str:
-    """The configured archive folder (``<ckan.storage_path>/archiver`` when
-    ``ckanext.archiver.archive_dir`` is empty)."""
-    configured = tk.config.get("ckanext.archiver.archive_dir")
-    if configured:
-        return configured
-    storage = tk.config.get("ckan.storage_path") or ""
-    return os.path.join(storage, "archiver") if storage else ""
-
 
 def cached_copy_url(package_id: str, resource_id: str, filename: str) -> str:
     """Absolute URL of a cached copy served by CKAN (``archiver.cached_copy``).
@@ -431,6 +422,17 @@ def cached_copy(id: str, resource_id: str, filename: str):
         request.environ["__no_cache__"] = True
     mimetype = (archival.mimetype or mimetypes.guess_type(filename)[0]
                 or "application/octet-stream")
+    response = serve_archive_file(path, mimetype, archival.sha256 or True, filename)
+    # Bytes from somebody else's server, on the portal's origin: never let
+    # a browser run them as a page of the portal.
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+def serve_archive_file(path: str, mimetype: str, etag: Any, download_name: str) -> Response:
+    """A file of ``archive_dir`` as ``serve_with`` says: streamed by Flask
+    (Range, ETag, conditional requests) or handed to the front server with
+    ``X-Accel-Redirect`` / ``X-Sendfile``."""
     serve_with = tk.config.get("ckanext.archiver.serve_with")
     if serve_with in ("x-accel-redirect", "x-sendfile"):
         response = Response(status=200, mimetype=mimetype)
@@ -441,16 +443,11 @@ def cached_copy(id: str, resource_id: str, filename: str):
                 prefix.rstrip("/") + "/" + quote(relative.replace(os.sep, "/")))
         else:
             # Raw bytes of the path, as WSGI headers carry them.
-            response.headers["X-Sendfile"] = path.encode("utf-8").decode(
-                "latin-1")
+            response.headers["X-Sendfile"] = path.encode("utf-8").decode("latin-1")
     else:
-        response = send_file(path, mimetype=mimetype, conditional=True,
-                             etag=archival.sha256 or True)
-    response.headers["Content-Disposition"] = _content_disposition(filename)
-    # Bytes from somebody else's server, on the portal's origin: never let
-    # a browser run them as a page of the portal.
+        response = send_file(path, mimetype=mimetype, conditional=True, etag=etag)
+    response.headers["Content-Disposition"] = _content_disposition(download_name)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Content-Security-Policy"] = "sandbox"
     return response
 
 
@@ -515,3 +512,4 @@ archiver.add_url_rule(
     view_func=cached_copy, endpoint="cached_copy")
 archiver.add_url_rule("/dataset/<id>/archiver/check", view_func=check_now,
                       endpoint="check_now", methods=["POST"])
+from ckanext.archiver.views_extra import archiver_extra  # noqa: E402

@@ -97,3 +97,101 @@ def archiver_update(context: Context, data_dict: DataDict) -> dict[str, Any]:
     count = queue.enqueue(items, data.get("queue") or "priority",
                           force=bool(data.get("force")))
     return {"queued": count}
+
+
+# -- packages, notifications, statistics (packages.py, notify.py, stats.py) --
+
+def _validated(context: Context, data_dict: DataDict, schema_: dict[str, Any]
+               ) -> dict[str, Any]:
+    data, errors = tk.navl_validate(data_dict, schema_, context)
+    if errors:
+        raise tk.ValidationError(errors)
+    return data
+
+
+def archiver_package_request(context: Context, data_dict: DataDict) -> dict[str, Any]:
+    """Ask for a zip of a dataset's archived files (and its
+    ``datapackage.json``) to be built in the background; the user is emailed
+    a link to ``/dataset/<id>/archive.zip`` when it is ready. For datasets
+    too large to be zipped while the reader waits.
+
+    Needs read access to the dataset and a logged-in user with an email
+    address. Asking again for the same dataset within ten minutes queues
+    nothing more.
+
+    :param id: the id or name of the dataset
+    :type id: string
+
+    :returns: ``{"queued": <whether a build was queued>, "email": <address
+        the link will be sent to>}``
+    :rtype: dictionary
+    """
+    from ckanext.archiver import packages
+
+    tk.check_access("archiver_package_request", context, data_dict)
+    package = model.Package.get(_validated_id(context, data_dict))
+    if package is None or package.state == "deleted":
+        raise tk.ObjectNotFound(tk._("Dataset not found"))
+    user = model.User.get(context.get("user") or "")
+    if user is None or not user.email:
+        raise tk.ValidationError({"email": [tk._("Your profile has no email address")]})
+    queued = packages.request_build(package.id, user.id)
+    return {"queued": queued, "email": user.email}
+
+
+def archiver_notify_optout(context: Context, data_dict: DataDict) -> dict[str, Any]:
+    """Switch an organization's link digest emails (``ckan archiver
+    notify``) off, or on again. For the organization's admins.
+
+    :param id: the id or name of the organization
+    :type id: string
+    :param opt_out: true (default) to stop the emails, false to get them again
+    :type opt_out: bool
+
+    :returns: the organization's notification state: ``organization_id``,
+        ``opt_out``, ``opt_out_changed``, ``last_digest_at``,
+        ``last_webhook_at``
+    :rtype: dictionary
+    """
+    from ckanext.archiver import notify
+
+    v = tk.get_validator
+    data = _validated(context, data_dict, {
+        "id": [v("not_empty"), v("unicode_safe")],
+        "opt_out": [v("default")(True), v("boolean_validator")],
+    })
+    group = model.Group.get(data["id"])
+    if group is None or not group.is_organization or group.state != "active":
+        raise tk.ObjectNotFound(tk._("Organization not found"))
+    tk.check_access("archiver_notify_optout", context, {"id": group.id})
+    user = model.User.get(context.get("user") or "")
+    state = notify.set_opt_out(group.id, data["opt_out"], user.id if user else None)
+    return state.as_dict()
+
+
+@tk.side_effect_free
+def archiver_status(context: Context, data_dict: DataDict) -> dict[str, Any]:
+    """Figures of the archiver service, for sysadmins: queue lengths,
+    workers and tasks in flight, resources by status, checks done and
+    failed and bytes downloaded per hour (from ``archival_history``), the
+    oldest check and the oldest resource never checked.
+
+    :param with_workers: ask the Celery workers (default true; waits up to
+        a second for their answers)
+    :type with_workers: bool
+    :param hours: hours of per-hour figures (default ``stats_hours``)
+    :type hours: int
+
+    :returns: the figures (see ``ckan archiver status --json``)
+    :rtype: dictionary
+    """
+    from ckanext.archiver import stats
+
+    tk.check_access("archiver_status", context, data_dict)
+    v = tk.get_validator
+    data = _validated(context, data_dict, {
+        "with_workers": [v("default")(True), v("boolean_validator")],
+        "hours": [v("ignore_missing"), v("natural_number_validator")],
+    })
+    hours = min(int(data["hours"]), 24 * 31) if data.get("hours") else None
+    return stats.numbers(with_workers=data["with_workers"], hours=hours)

@@ -108,9 +108,10 @@ def test_unwritable_archive_dir(run, two_datasets, tmp_path):
 def test_status_json_and_text(run, two_datasets):
     run("update", "--now")
     data = json.loads(run("status", "--json", "--no-workers").output)
-    assert data["by_status"] == {"Archived successfully": 2, "Download error": 1}
+    assert {r["status"]: r["count"] for r in data["status_counts"]} == {
+        "Archived successfully": 2, "Download error": 1}
     assert set(data["queues"]) == {"priority", "bulk"}
-    assert data["checks_last_hour"] == 3
+    assert data["last_hour"]["done"] == 3
     text = run("status", "--no-workers").output
     assert "Queues: priority " in text and "Download error" in text
 

@@ -49,6 +49,7 @@ def test_cached_copy():
     res["archiver"]["cache_url"] = "https://files.example.org/ri/rid/data.csv"
     assert h.archiver_cached_copy(pkg, res)["url"] == res["archiver"]["cache_url"]
 
+    assert h.archiver_cached_copy(pkg, dict(res, url_type="upload")) is None
     assert h.archiver_cached_copy(pkg, {"id": "rid"}) is None
     assert h.archiver_cached_copy(pkg, {"id": "rid", "archiver": {
         "cache_filepath": None, "cache_url": None}}) is None
