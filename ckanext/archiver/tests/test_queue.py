@@ -165,9 +165,9 @@ def test_worker_start_recovers_lost_entries(httpserver):
 
 
 def test_message_that_kills_its_worker_is_not_redelivered_forever(httpserver):
-    from ckanext.archiver import tasks
-
     import uuid
+
+    from ckanext.archiver import tasks
 
     res = factories.Resource(url=httpserver.url_for("/x"))
     task_id = str(uuid.uuid4())
