@@ -148,10 +148,20 @@ def _on_worker_ready(**_kwargs: Any) -> None:
         model.Session.remove()
 
 
+def _on_process_init(**_kwargs: Any) -> None:
+    """A forked pool process must not share the parent's database
+    connections (loading CKAN left one in the pool): drop them, unclosed."""
+    from ckan import model
+
+    if model.meta.engine is not None:
+        model.meta.engine.dispose(close=False)
+
+
 def _connect_signals() -> None:
     from celery import signals
 
     signals.worker_ready.connect(_on_worker_ready, weak=False)
+    signals.worker_process_init.connect(_on_process_init, weak=False)
 
 
 _connect_signals()

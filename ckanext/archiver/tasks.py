@@ -75,11 +75,15 @@ def user_agent() -> str:
     configured = tk.config.get("ckanext.archiver.user_agent")
     if configured:
         return configured
+    return "ckanext-archiver/{} (+{})".format(_version(), tk.config.get("ckan.site_url"))
+
+
+@functools.lru_cache(maxsize=1)
+def _version() -> str:
     try:
-        version = metadata.version("ckanext-archiver")
+        return metadata.version("ckanext-archiver")
     except metadata.PackageNotFoundError:
-        version = "dev"
-    return "ckanext-archiver/{} (+{})".format(version, tk.config.get("ckan.site_url"))
+        return "dev"
 
 
 def fetch_settings(download: bool = True) -> FetchSettings:
@@ -339,11 +343,19 @@ def _save(jobs: list[Job]) -> None:
         return
     now = utcnow()
     table = Archival.__table__
+    # one statement per set of columns (rows differ: a failure keeps the
+    # cached copy's columns), each run for all its rows at once
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for job in jobs:
         values = _row_values(job, now)
-        stmt = pg_insert(table).values(id=job.resource_id, created=now, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=["resource_id"], set_=values)
-        model.Session.execute(stmt)
+        groups.setdefault(tuple(sorted(values)), []).append(
+            dict(values, id=job.resource_id, created=now))
+    for columns, rows in groups.items():
+        stmt = pg_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["resource_id"],
+            set_={c: stmt.excluded[c] for c in columns if c != "resource_id"})
+        model.Session.execute(stmt, rows)
     model.Session.execute(sa.insert(ArchivalHistory.__table__), [{
         "resource_id": job.resource_id, "package_id": job.package_id,
         "checked_at": _naive(job.outcome.checked_at) or now,
@@ -367,6 +379,18 @@ def _already_done(job: Job, queued_at: Optional[datetime.datetime]) -> bool:
     updated = (job.previous or {}).get("updated")
     return bool(queued_at and updated and updated >= queued_at
                 and (job.previous or {}).get("status_id") is not None)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's download threads (one pool per process: a forked
+    worker child makes its own)."""
+    pid = os.getpid()
+    if pid not in _pools:
+        _pools[pid] = ThreadPoolExecutor(max_workers=64, thread_name_prefix="archiver-fetch")
+    return _pools[pid]
 
 
 def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
@@ -393,9 +417,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     if workers == 1:
         _run_one(todo[0], store, limiter, force)
     else:
-        with ThreadPoolExecutor(max_workers=workers,
-                                thread_name_prefix="archiver-fetch") as pool:
-            list(pool.map(lambda j: _run_one(j, store, limiter, force), todo))
+        list(_pool().map(lambda j: _run_one(j, store, limiter, force), todo))
     max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
     for job in todo:
         if (job.retry or job.outcome.transient) and attempt < max_retries:

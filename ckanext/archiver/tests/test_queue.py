@@ -205,3 +205,37 @@ def test_database_unavailable_retries_then_gives_up(httpserver, monkeypatch, cka
     with pytest.raises(sa.exc.OperationalError):  # out of retries: fails, no loop
         tasks.archive_resources.apply(args=[[res["id"]]], throw=True).get()
     assert len(calls) == 2
+
+
+def test_queued_only_after_the_real_commit(httpserver, monkeypatch):
+    """CKAN's package_update releases a SAVEPOINT before it commits: the
+    resource must be queued only once its new URL is visible to a worker."""
+    import sqlalchemy as sa
+
+    from ckanext.archiver import tasks
+
+    httpserver.expect_request("/v1").respond_with_data("1")
+    res = factories.Resource(url=httpserver.url_for("/v1"))
+    tasks.archive_batch([res["id"]])
+    seen = []
+    real = queue.enqueue
+
+    def spy(items, queue_name="bulk", force=False):
+        with model.meta.engine.connect() as conn:  # what a worker would read
+            seen.append(conn.execute(sa.text("SELECT url FROM resource WHERE id = :id"),
+                                     {"id": res["id"]}).scalar())
+        return real(items, queue_name, force)
+
+    monkeypatch.setattr(queue, "enqueue", spy)
+    call_action("resource_patch", id=res["id"], url=httpserver.url_for("/v2"))
+    assert seen == [httpserver.url_for("/v2")]
+
+
+def test_edit_raises_never_checked_resource_waiting_on_bulk():
+    dataset = factories.Dataset()
+    res = factories.Resource(package_id=dataset["id"], url="http://127.0.0.1:9/a")
+    queue.purge()
+    assert queue.enqueue([(res["id"], dataset["id"])], "bulk") == 1
+    call_action("package_patch", id=dataset["id"], notes="edited")
+    assert queue.redis_client().get(queue.pending_key(res["id"])) == b"priority"
+    assert queue.lengths() == {"priority": 1, "bulk": 1}
