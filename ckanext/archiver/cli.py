@@ -108,10 +108,11 @@ def _update_now(items: list[tuple[str, str]], force: bool) -> None:
 WORKER_DEFAULTS = {
     # the priority worker is light and always free for one-off edits
     "priority": ["--pool=threads", "--concurrency=8"],
-    # a bulk task downloads its batch concurrently in threads; one process
-    # per core does the hashing and database work
-    "bulk": ["--pool=prefork", f"--concurrency={os.cpu_count() or 2}"],
-    "all": ["--pool=prefork", f"--concurrency={os.cpu_count() or 2}"],
+    # a bulk task downloads its batch concurrently in threads; two processes
+    # per core do the hashing and database work, so that a batch held up by
+    # a slow host leaves the others running
+    "bulk": ["--pool=prefork", f"--concurrency={2 * (os.cpu_count() or 1)}"],
+    "all": ["--pool=prefork", f"--concurrency={2 * (os.cpu_count() or 1)}"],
 }
 
 

@@ -183,21 +183,25 @@ class Storage:
     # -- quota -----------------------------------------------------------
 
     def used_bytes(self, refresh: bool = False) -> int:
-        """Bytes used by the archive (cached for a minute; adjusted by this
-        instance's own stores and removals)."""
+        """Bytes kept by the archive, downloads in progress (``.tmp``) not
+        counted (cached for a minute; adjusted by this instance's own stores
+        and removals)."""
         with self._lock:
             fresh = time.monotonic() - self._used_at < _USED_BYTES_TTL
             if self._used is not None and fresh and not refresh:
                 return self._used
-        used = _tree_size(self.archive_dir)
+        used = sum(_tree_size(e.path) if e.is_dir(follow_symlinks=False) else _size(e)
+                   for e in _scandir(self.archive_dir) if e.name != TMP_DIRNAME)
         with self._lock:
             self._used, self._used_at = used, time.monotonic()
         return used
 
-    def has_room(self, nbytes: int) -> bool:
-        """Whether ``nbytes`` more fit in the quota and on the disk."""
+    def has_room(self, nbytes: int, on_disk: bool = False) -> bool:
+        """Whether ``nbytes`` more fit in the quota and on the disk.
+        ``on_disk``: they are already written (a download in ``.tmp``, to be
+        renamed into place), so the disk has them: only the quota counts."""
         nbytes = max(int(nbytes or 0), 0)
-        if shutil.disk_usage(self.archive_dir).free <= nbytes:
+        if not on_disk and shutil.disk_usage(self.archive_dir).free <= nbytes:
             return False
         if self.max_archive_bytes and self.used_bytes() + nbytes > self.max_archive_bytes:
             return False

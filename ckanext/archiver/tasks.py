@@ -31,6 +31,7 @@ from importlib import metadata
 from typing import Any, Optional
 
 import ckan.plugins.toolkit as tk
+import redis
 import sqlalchemy as sa
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -246,29 +247,38 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
             return
         settings = fetch_settings(download=_download_wanted(job))
         previous = _previous(job)
-        host = urllib.parse.urlsplit((job.url or "").strip()).hostname
+        try:
+            host = urllib.parse.urlsplit((job.url or "").strip()).hostname
+        except ValueError:  # fetch() says what is wrong with the URL
+            host = None
         token = None
         fresh = (not force and previous is not None and previous.url == (job.url or "").strip()
                  and previous.fresh_until is not None
                  and previous.fresh_until > datetime.datetime.now(datetime.timezone.utc))
         if limiter is not None and host and not fresh:
-            token = limiter.acquire(host, timeout=celery_app.HOST_WAIT_MAX)
+            try:
+                token = limiter.acquire(host, timeout=celery_app.HOST_WAIT_MAX)
+                reason = "Host busy: waited too long for a free slot"
+            except redis.exceptions.RedisError:
+                token, reason = None, "Queue broker unavailable (per-host limits)"
             if token is None:
                 job.retry = True
                 job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",
-                                      reason="Host busy: waited too long for a free slot",
-                                      transient=True)
+                                      reason=reason, transient=True)
                 return
         try:
             outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(store, job),
                             force=force, session=get_session(settings))
         finally:
             if token is not None:
-                limiter.release(host, token)
+                try:
+                    limiter.release(host, token)
+                except redis.exceptions.RedisError:  # the lease expires by itself
+                    log.warning("Could not release the slot of host %s", host)
         job.outcome = outcome
         tmp_path = outcome.tmp_path
         if tmp_path:
-            if not store.has_room(outcome.size or 0):
+            if not store.has_room(outcome.size or 0, on_disk=True):
                 outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
                 outcome.reason = "Chose not to download: archive full"
                 return
@@ -399,7 +409,6 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     """Archive resources now, in this process."""
     result = BatchResult()
     queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
-    archiver_queue.release(resource_ids)
     jobs = _load_jobs(list(resource_ids))
     todo = []
     for job in jobs:
@@ -408,10 +417,24 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         elif not force and _already_done(job, queued):
             job.skip_reason = "already checked since queued"
         (result.skipped if job.skip_reason else todo).append(job)
+    # started_at first, then the pending marks go: never a moment when a
+    # queued resource looks lost (requeue_lost would queue it twice)
+    _mark_started(todo)
+    archiver_queue.release(resource_ids)
     if not todo:
         return result
-    _mark_started(todo)
-    store = storage()
+    try:
+        store = storage()
+        store.tmp_dir()
+    except OSError as e:
+        detail = os.strerror(e.errno) if e.errno else type(e).__name__
+        reason = f"System error during archival: the archive folder is not usable ({detail})"
+        log.error("archive_dir %s: %s", archive_dir(), e)
+        for job in todo:
+            job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
+        result.recorded = todo
+        _save(todo)
+        return result
     limiter = _limiter() if polite else None
     workers = min(len(todo), 64)
     if workers == 1:
@@ -508,7 +531,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                       attempt: int = 0) -> dict[str, int]:
     """Archive a batch of resources (one, for the priority queue)."""
     try:
-        if _too_many_deliveries(self.request.id):
+        if _too_many_deliveries(f"{self.request.id}:{self.request.retries}"):
             _record_system_error(resource_ids, "System error during archival: "
                                  "the worker stopped every time it archived this")
             return {"gave up": len(resource_ids)}

@@ -99,6 +99,9 @@ def _request_page(package: model.Package, wanted: packages.Plan) -> str:
 
 def package_request(id: str):
     """Form of the request page: queue the build, mail a link when ready."""
+    from ckanext.archiver.views import require_csrf_token
+
+    require_csrf_token()
     package = _readable_package_or_abort(id)
     try:
         tk.get_action("archiver_package_request")(_context(), {"id": package.id})

