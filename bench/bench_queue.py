@@ -556,14 +556,14 @@ def sequential_baseline(engine, rows: list, out_dir: str) -> dict:
 STALL_SECONDS = 15
 
 
-def throughput_run(ctx, label: str, ini: str, n: int, fix: bool = True) -> dict:
+def throughput_run(ctx, label: str, ini: str, n: int) -> dict:
     import sqlalchemy as sa
 
     engine = ctx.engine
     reset_results(engine, ctx.archive_dir)
     redis_cleanup(ctx.site_id)
     workers = ctx.workers
-    workers.start("bulk", ini, fix=fix)
+    workers.start("bulk", ini)
     ready = workers.wait_ready()
     note(f"{label}: bulk worker ready after {ready:.1f} s; running update")
     before = cpu_snapshot(workers.pgids(), ctx.origin.proc.pid)
@@ -1043,7 +1043,7 @@ def summary(results: dict) -> None:
             say(f"{r['label']:44} {r['rate']:8.1f} res/s end to end "
                 f"(goal >= {GOALS['bulk']:.0f}) {mark}")
         say(f"{'sequential baseline':44} {base['rate']:8.1f} res/s "
-            f"(x{results['1']['runs'][1]['rate'] / base['rate']:.0f} for the fixed-up worker, "
+            f"(x{results['1']['runs'][1]['rate'] / base['rate']:.0f} for the worker, "
             "default politeness)")
     if "2" in results:
         for key, label in (("latencies", "priority latency p95, priority worker"),
