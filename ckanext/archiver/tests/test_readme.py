@@ -19,3 +19,13 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test\n" in ci
     assert "make test " in readme
+
+
+def test_readme_renders_without_warnings():
+    import docutils.core
+    import docutils.utils
+
+    source = (ROOT / "README.rst").read_text(encoding="utf-8")
+    docutils.core.publish_string(source, writer_name="null", settings_overrides={
+        "report_level": docutils.utils.Reporter.WARNING_LEVEL,
+        "halt_level": docutils.utils.Reporter.WARNING_LEVEL})
