@@ -73,6 +73,22 @@ def celery_worker(archiver_env):
         yield worker
 
 
+def archival_row(resource_id):
+    """The resource's archival row as the database has it now."""
+    from ckan import model
+
+    from ckanext.archiver.model import Archival
+
+    model.Session.remove()
+    return Archival.get_for_resource(resource_id)
+
+
+def checked_row(resource_id):
+    """The row once the resource has been checked at least once, else None."""
+    row = archival_row(resource_id)
+    return row if row is not None and row.status_id is not None else None
+
+
 def wait_for(predicate, timeout=20.0, interval=0.1):
     """Poll until predicate() is truthy; return its value or fail."""
     give_up = time.monotonic() + timeout

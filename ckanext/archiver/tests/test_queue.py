@@ -11,21 +11,14 @@ from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
 from ckanext.archiver import celery_app, queue
-from ckanext.archiver.model import Archival
-from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.conftest import archival_row, checked_row, wait_for
 from ckanext.archiver.tests.http_fixtures import drip
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
 
-def _row(resource_id):
-    model.Session.remove()
-    return Archival.get_for_resource(resource_id)
-
-
-def _checked(resource_id):
-    row = _row(resource_id)
-    return row if row is not None and row.status_id is not None else None
+_row = archival_row
+_checked = checked_row
 
 
 def test_create_enqueues_on_priority_once(httpserver):

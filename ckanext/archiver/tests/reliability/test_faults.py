@@ -26,7 +26,7 @@ from ckan.tests import factories
 from ckanext.archiver import celery_app, queue, tasks
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory
-from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.conftest import archival_row, checked_row, wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, drip, respond, serve_bytes
 
 pytestmark = [pytest.mark.reliability,
@@ -37,14 +37,8 @@ FAST = {"total_timeout": 3, "read_timeout": 1, "connect_timeout": 1}
 
 # -- helpers ------------------------------------------------------------------
 
-def _row(resource_id):
-    model.Session.remove()
-    return Archival.get_for_resource(resource_id)
-
-
-def _checked(resource_id):
-    row = _row(resource_id)
-    return row if row is not None and row.status_id is not None else None
+_row = archival_row
+_checked = checked_row
 
 
 def _all_checked(resource_ids):
