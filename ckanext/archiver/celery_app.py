@@ -74,7 +74,7 @@ def broker_url(config: Any = None) -> str:
 def time_limits(config: Any = None) -> tuple[int, int]:
     """(soft, hard) time limits of one task, from the download deadline."""
     config = config or _ckan_config()
-    soft = int(config.get("ckanext.archiver.total_timeout")) + HOST_WAIT_MAX + 60
+    soft = int(float(config.get("ckanext.archiver.total_timeout"))) + HOST_WAIT_MAX + 60
     return soft, soft + 60
 
 

@@ -401,7 +401,8 @@ def run(organizations: Iterable[str] = (), now: Optional[datetime.datetime] = No
     first = until - datetime.timedelta(days=int(tk.config.get(
         "ckanext.archiver.notify_first_days")))
     webhook_url = tk.config.get("ckanext.archiver.webhook_url")
-    with model.meta.engine.connect() as lock:
+    # begin(): a transaction that works alike on SQLAlchemy 1.4 and 2.0
+    with model.meta.engine.begin() as lock:
         if not lock.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
                             {"k": _LOCK_KEY}).scalar():
             raise AlreadyRunning("Another `ckan archiver notify` is running")
@@ -414,7 +415,6 @@ def run(organizations: Iterable[str] = (), now: Optional[datetime.datetime] = No
             return results
         finally:
             lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
-            lock.commit()
 
 
 def _run_org(org: model.Group, until: datetime.datetime, first: datetime.datetime,

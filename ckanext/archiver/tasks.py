@@ -92,9 +92,11 @@ def fetch_settings(download: bool = True) -> FetchSettings:
     return FetchSettings(
         user_agent=user_agent(),
         max_content_length=c.get("ckanext.archiver.max_content_length"),
-        connect_timeout=c.get("ckanext.archiver.connect_timeout"),
-        read_timeout=c.get("ckanext.archiver.read_timeout"),
-        total_timeout=c.get("ckanext.archiver.total_timeout"),
+        # numbers with a fraction: "float" options need CKAN 2.12, so these
+        # are declared untyped and converted here
+        connect_timeout=float(c.get("ckanext.archiver.connect_timeout")),
+        read_timeout=float(c.get("ckanext.archiver.read_timeout")),
+        total_timeout=float(c.get("ckanext.archiver.total_timeout")),
         max_redirects=c.get("ckanext.archiver.max_redirects"),
         verify_https=c.get("ckanext.archiver.verify_https"),
         allow_private_networks=c.get("ckanext.archiver.allow_private_networks"),

@@ -29,6 +29,32 @@ def clean_db(reset_db, migrate_db_for):
     migrate_db_for("archiver")
 
 
+try:  # CKAN 2.12's fixture; CKAN 2.11 has no file storages to reset
+    from ckan.tests.pytest_ckan.fixtures import reset_storages  # noqa: F401
+except ImportError:
+    @pytest.fixture(scope="session")
+    def reset_storages():
+        return lambda: None
+
+
+def login(app, user):
+    """Log ``user`` (a dict, or None for anonymous) into the test app's
+    session. The test client writes the session cookie for "localhost"
+    while requests go to ckan.site_url's host: copy it there. (Session
+    requests keep CSRF checks on; API-token requests skip them for good.)"""
+    from urllib.parse import urlparse
+
+    from ckan.common import config
+
+    if not hasattr(app, "set_session_user"):
+        pytest.skip("session logins in tests need CKAN 2.12's test app")
+    app.set_session_user(user["id"] if user else None)
+    if user:
+        cookie = app.client.get_cookie("ckan", domain="localhost")
+        host = urlparse(config["ckan.site_url"]).hostname
+        app.client.set_cookie("ckan", cookie.value, domain=host)
+
+
 @pytest.fixture
 def archive_dir(tmp_path, ckan_config, monkeypatch):
     """A fresh archive_dir for one test."""

@@ -268,11 +268,10 @@ def test_webhook_goes_through_the_ssrf_guard(hook, ckan_config, monkeypatch, cap
 
 
 def test_one_run_at_a_time(site):
-    with model.meta.engine.connect() as other:
+    with model.meta.engine.begin() as other:
         other.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": notify._LOCK_KEY})
         try:
             with pytest.raises(notify.AlreadyRunning):
                 notify.run()
         finally:
             other.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": notify._LOCK_KEY})
-            other.commit()

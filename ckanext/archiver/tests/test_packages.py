@@ -13,20 +13,18 @@ import os
 import re
 import tempfile
 import zipfile
-from urllib.parse import urlparse
 
 import ckan.plugins.toolkit as tk
 import pytest
 from ckan import model
 from ckan.cli.cli import ckan
-from ckan.common import config
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
 from ckanext.archiver import interfaces, packages, queue, tasks
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
-from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.conftest import login, wait_for
 from ckanext.archiver.tests.factories import make_archival
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
@@ -179,15 +177,6 @@ def test_build_failure_is_mailed(mail_server):
 
 
 # -- the download view ---------------------------------------------------------
-
-def login(app, user):
-    """Session login (see test_views.login)."""
-    app.set_session_user(user["id"] if user else None)
-    if user:
-        cookie = app.client.get_cookie("ckan", domain="localhost")
-        host = urlparse(config["ckan.site_url"]).hostname
-        app.client.set_cookie("ckan", cookie.value, domain=host)
-
 
 def test_download_with_etag_and_range(app, dataset):
     res = app.get("/dataset/rivers/archive.zip")

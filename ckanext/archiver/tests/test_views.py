@@ -8,16 +8,15 @@ import datetime
 import io
 import json
 import re
-from urllib.parse import urlparse
 
 import pytest
 from ckan import logic, model
-from ckan.common import config
 from ckan.tests import factories
 
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, utcnow
 from ckanext.archiver.tests import factories as archiver_factories
+from ckanext.archiver.tests.conftest import login
 from ckanext.archiver.views import cached_copy_url
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db")
@@ -83,18 +82,6 @@ def make_archival(resource, status_id=st.ARCHIVED, **fields):
 @pytest.fixture
 def site():
     return Site()
-
-
-def login(app, user):
-    """A session login, or anonymous for None. (Not an API token: token
-    requests skip CSRF checks for good.) The test client writes the session
-    cookie for "localhost" while requests go to ckan.site_url's host: copy
-    it there."""
-    app.set_session_user(user["id"] if user else None)
-    if user:
-        cookie = app.client.get_cookie("ckan", domain="localhost")
-        host = urlparse(config["ckan.site_url"]).hostname
-        app.client.set_cookie("ckan", cookie.value, domain=host)
 
 
 def get(app, url, user=None, **kwargs):

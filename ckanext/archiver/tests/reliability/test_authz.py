@@ -31,6 +31,7 @@ from ckanext.archiver import queue
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
 from ckanext.archiver.tests import factories as archiver_factories
+from ckanext.archiver.tests.conftest import login
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("with_plugins", "own_broker")]
 
@@ -165,12 +166,7 @@ def fresh_csrf_state():
 
 
 def _login(app, user):
-    """A session login (API tokens skip CSRF checks). The test client writes
-    the session cookie for "localhost" while requests go to ckan.site_url's
-    host: copy it there."""
-    app.set_session_user(user["id"])
-    cookie = app.client.get_cookie("ckan", domain="localhost")
-    app.client.set_cookie("ckan", cookie.value, domain=urlparse(config["ckan.site_url"]).hostname)
+    login(app, user)
 
 
 def _logout(app):

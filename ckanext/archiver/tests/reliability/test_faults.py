@@ -284,12 +284,11 @@ def test_update_stale_while_a_worker_takes_a_resource(raw_server, own_broker, mo
 def _terminate_backends(application_name):
     """pg_terminate_backend for the connections of one application only
     (other tests may share this database)."""
-    with model.meta.engine.connect() as conn:
+    with model.meta.engine.begin() as conn:
         killed = conn.execute(sa.text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
             "AND application_name = :name"), {"name": application_name}).all()
-        conn.commit()
     return len(killed)
 
 
