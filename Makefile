@@ -4,13 +4,12 @@ VENV ?= .venv
 CKAN_VERSION ?= 2.12.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# The test database and Redis (the matrix gives each CKAN version its own:
-# CKAN reads CKAN_SQLALCHEMY_URL and CKAN_REDIS_URL over test.ini).
+# The test config and database (the matrix gives each CKAN version its own
+# copy of test.ini, with its own database and Redis db).
+TEST_INI ?= test.ini
 TEST_DB ?= ckan_archiver_test
-TEST_REDIS ?= redis://127.0.0.1:6379/1
-TEST_ENV := CKAN_SQLALCHEMY_URL=postgresql://ckan_default:pass@127.0.0.1/$(TEST_DB) CKAN_REDIS_URL=$(TEST_REDIS)
 
-export VENV CKAN_VERSION TEST_DB
+export VENV CKAN_VERSION TEST_DB TEST_INI
 
 .PHONY: setup test lint pytest test-matrix demo bench clean
 
@@ -24,14 +23,18 @@ lint:
 	$(VENV)/bin/ruff check ckanext bench scripts
 
 pytest:
-	$(TEST_ENV) $(PY) -m pytest --ckan-ini=test.ini ckanext/archiver/tests $(PYTEST_ARGS)
+	$(PY) -m pytest --ckan-ini=$(TEST_INI) ckanext/archiver/tests $(PYTEST_ARGS)
 
 ## The same suite against CKAN 2.11 and 2.12, each in its own venv.
 test-matrix:
+	sed -e 's#/ckan_archiver_test$$#/ckan_archiver_test_ckan211#' -e 's#6379/1$$#6379/2#' \
+	    test.ini > test-ckan2.11.ini
+	sed -e 's#/ckan_archiver_test$$#/ckan_archiver_test_ckan212#' -e 's#6379/1$$#6379/3#' \
+	    test.ini > test-ckan2.12.ini
 	SETUP_DEV=0 $(MAKE) test VENV=.venv-ckan2.11 CKAN_VERSION=2.11.6 \
-	    TEST_DB=ckan_archiver_test_ckan211 TEST_REDIS=redis://127.0.0.1:6379/2
+	    TEST_DB=ckan_archiver_test_ckan211 TEST_INI=test-ckan2.11.ini
 	SETUP_DEV=0 $(MAKE) test VENV=.venv-ckan2.12 CKAN_VERSION=2.12.0 \
-	    TEST_DB=ckan_archiver_test_ckan212 TEST_REDIS=redis://127.0.0.1:6379/3
+	    TEST_DB=ckan_archiver_test_ckan212 TEST_INI=test-ckan2.12.ini
 
 ## The main job: a demo portal archiving a realistic mix of links.
 demo: setup

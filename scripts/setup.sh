@@ -100,14 +100,11 @@ if [ ! -f dev.ini ]; then
   sed "s/@SECRET@/$secret/g" scripts/dev.ini.in > dev.ini
 fi
 mkdir -p var
-migrate() {  # migrate() INI [DATABASE]: core tables, then the archiver's
-  local url=""
-  [ -n "${2:-}" ] && url="postgresql://$DB_USER:$DB_PASS@127.0.0.1/$2"
-  env ${url:+CKAN_SQLALCHEMY_URL=$url} "$VENV/bin/ckan" -c "$1" db upgrade >/dev/null 2>&1 \
-    || env ${url:+CKAN_SQLALCHEMY_URL=$url} "$VENV/bin/ckan" -c "$1" db init
-  env ${url:+CKAN_SQLALCHEMY_URL=$url} "$VENV/bin/ckan" -c "$1" db upgrade -p archiver
+migrate() {  # migrate INI: core tables, then the archiver's
+  "$VENV/bin/ckan" -c "$1" db upgrade >/dev/null 2>&1 || "$VENV/bin/ckan" -c "$1" db init
+  "$VENV/bin/ckan" -c "$1" db upgrade -p archiver
 }
-migrate test.ini "$TEST_DB"
+migrate "${TEST_INI:-test.ini}"
 # the matrix's other CKAN versions leave the dev database alone
 if [ "${SETUP_DEV:-1}" = 1 ]; then migrate dev.ini; fi
 # --- Browser for the browser test (tests/test_browser.py) -------------------

@@ -99,6 +99,15 @@ def celery_worker(archiver_env):
         yield worker
 
 
+def json_output(output):
+    """The JSON document a command printed (older click mixes log lines from
+    stderr into the test runner's output: skip to the document)."""
+    import json
+
+    start = output.index("{") if output.startswith("{") else output.index("\n{") + 1
+    return json.loads(output[start:])
+
+
 def archival_row(resource_id):
     """The resource's archival row as the database has it now."""
     from ckan import model

@@ -1,6 +1,5 @@
 """Every `ckan archiver` command through CKAN's cli fixture."""
 
-import json
 
 import pytest
 from ckan import model
@@ -10,6 +9,7 @@ from ckan.tests.helpers import call_action
 
 from ckanext.archiver import queue, tasks
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
+from ckanext.archiver.tests.conftest import json_output
 from ckanext.archiver.tests.factories import make_archival
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
@@ -107,7 +107,7 @@ def test_unwritable_archive_dir(run, two_datasets, tmp_path):
 
 def test_status_json_and_text(run, two_datasets):
     run("update", "--now")
-    data = json.loads(run("status", "--json", "--no-workers").output)
+    data = json_output(run("status", "--json", "--no-workers").output)
     assert {r["status"]: r["count"] for r in data["status_counts"]} == {
         "Archived successfully": 2, "Download error": 1}
     assert set(data["queues"]) == {"priority", "bulk"}

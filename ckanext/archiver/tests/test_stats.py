@@ -18,6 +18,7 @@ from ckan.tests.helpers import call_action
 from ckanext.archiver import queue, stats
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
+from ckanext.archiver.tests.conftest import json_output
 from ckanext.archiver.tests.factories import make_archival
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
@@ -104,7 +105,7 @@ def test_cli_status_json_has_the_figures(known, cli, make_ini):
     result = cli.invoke(ckan, ["-c", make_ini(), "archiver", "status", "--json",
                                "--no-workers"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json_output(result.output)
     assert {r["status"] for r in data["status_counts"]} >= {"Download error"}
     assert data["resources"]["never_checked"] == 1
     assert data["oldest_unchecked"]["resource_id"] == known["resources"][4]["id"]
