@@ -42,7 +42,8 @@ pytestmark = [
 @pytest.fixture
 def live_server(app):
     """The test app on a free port of 127.0.0.1."""
-    server = make_server("127.0.0.1", 0, app.flask_app, threaded=True)
+    # the whole WSGI stack (CKAN 2.11 sets the locale in a middleware)
+    server = make_server("127.0.0.1", 0, app.app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
