@@ -61,10 +61,25 @@ def cached_copy_url(package_id: str, resource_id: str, filename: str) -> str:
 
 # -- who is reading ------------------------------------------------------
 
-def _context() -> dict[str, Any]:
+def request_context() -> dict[str, Any]:
+    """An action context for the user of this request."""
     user = tk.current_user
     name = user.name if user and user.is_authenticated else None
     return {"user": name, "auth_user_obj": user if name else None}
+
+
+_context = request_context
+
+
+def require_access(action: str, context: dict[str, Any], object_id: str,
+                   not_found: str, forbidden: str) -> None:
+    """``check_access`` for a view: 404 or 403 with the given messages."""
+    try:
+        tk.check_access(action, context, {"id": object_id})
+    except tk.ObjectNotFound:
+        tk.abort(404, not_found)
+    except tk.NotAuthorized:
+        tk.abort(403, forbidden)
 
 
 def _viewer() -> report.Viewer:
@@ -401,13 +416,8 @@ def _cached_file(archival: Archival, filename: str) -> Optional[str]:
 
 def cached_copy(id: str, resource_id: str, filename: str):
     """The cached copy of a resource, with the dataset's read permission."""
-    context = _context()
-    try:
-        tk.check_access("resource_show", context, {"id": resource_id})
-    except tk.ObjectNotFound:
-        tk.abort(404, tk._("Resource not found"))
-    except tk.NotAuthorized:
-        tk.abort(403, tk._("Not authorized to see this resource"))
+    require_access("resource_show", _context(), resource_id, tk._("Resource not found"),
+                   tk._("Not authorized to see this resource"))
     resource = model.Resource.get(resource_id)
     package = model.Package.get(id)
     if (resource is None or package is None or resource.state != "active"
@@ -478,12 +488,8 @@ def check_now(id: str):
     priority queue, then go back to its page."""
     require_csrf_token()
     context = _context()
-    try:
-        tk.check_access("package_update", context, {"id": id})
-    except tk.ObjectNotFound:
-        tk.abort(404, tk._("Dataset not found"))
-    except tk.NotAuthorized:
-        tk.abort(403, tk._("Not authorized to check this dataset"))
+    require_access("package_update", context, id, tk._("Dataset not found"),
+                   tk._("Not authorized to check this dataset"))
     package = model.Package.get(id)
     if package is None or package.state == "deleted":
         tk.abort(404, tk._("Dataset not found"))

@@ -35,18 +35,17 @@ __all__ = ["archiver_extra"]
 
 
 def _context() -> dict[str, Any]:
-    user = tk.current_user
-    name = user.name if user and user.is_authenticated else None
-    return {"user": name, "auth_user_obj": user if name else None}
+    # imported here: views.py imports this module at its end
+    from ckanext.archiver.views import request_context
+
+    return request_context()
 
 
 def _readable_package_or_abort(id: str) -> model.Package:
-    try:
-        tk.check_access("package_show", _context(), {"id": id})
-    except tk.ObjectNotFound:
-        tk.abort(404, tk._("Dataset not found"))
-    except tk.NotAuthorized:
-        tk.abort(403, tk._("Not authorized to see this dataset"))
+    from ckanext.archiver.views import require_access
+
+    require_access("package_show", _context(), id, tk._("Dataset not found"),
+                   tk._("Not authorized to see this dataset"))
     package = model.Package.get(id)
     if package is None or package.state == "deleted":
         tk.abort(404, tk._("Dataset not found"))
