@@ -157,11 +157,27 @@ def _on_process_init(**_kwargs: Any) -> None:
         model.meta.engine.dispose(close=False)
 
 
+def _on_process_shutdown(**_kwargs: Any) -> None:
+    """A pool process about to exit lets the downloads its batches handed
+    off end and be recorded first (up to ``total_timeout``; a check queued
+    at hand-off covers any it cannot wait for)."""
+    from ckan.common import config
+
+    from ckanext.archiver import pool
+
+    if pool.late_count():
+        log.info("Waiting for %d handed-off downloads", pool.late_count())
+        left = pool.drain(float(config.get("ckanext.archiver.total_timeout")))
+        if left:
+            log.warning("Exiting with %d handed-off downloads unfinished", left)
+
+
 def _connect_signals() -> None:
     from celery import signals
 
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_process_init.connect(_on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
 
 
 _connect_signals()

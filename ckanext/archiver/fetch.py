@@ -55,7 +55,6 @@ import puremagic
 import requests
 import urllib3
 from urllib3.exceptions import DecodeError, InsecureRequestWarning, NameResolutionError
-from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 from ckanext.archiver import netguard, status
 from ckanext.archiver.netguard import BlockedAddress, InvalidURL, normalise_url
@@ -152,6 +151,9 @@ class Outcome:
     retry_after: Optional[float] = None
     bytes_received: int = 0
     duration: float = 0.0
+    # the URL's own host: True once it sent a response, False when it timed
+    # out before sending one, None when neither is known
+    host_answered: Optional[bool] = None
     checked_at: datetime = field(default_factory=_utcnow)
 
     @property
@@ -372,6 +374,7 @@ class _Attempt:
         self.bytes_received = 0
         self.tmp_path: Optional[str] = None
         self.deadline: Optional[_Deadline] = None
+        self.host_answered: Optional[bool] = None
 
     # -- plumbing ------------------------------------------------------------
 
@@ -379,6 +382,7 @@ class _Attempt:
         redirected = self.final_url if self.final_url and self.final_url != self.url else None
         fields.setdefault("url_redirected_to", redirected)
         fields.setdefault("bytes_received", self.bytes_received)
+        fields.setdefault("host_answered", self.host_answered)
         for key, value in self.info.items():
             fields.setdefault(key, value)
         return Outcome(status_id, reason, self.url, checked_at=self.checked_at, **fields)
@@ -491,8 +495,9 @@ class _Attempt:
         connect = min(s.connect_timeout, left) if left is not None else s.connect_timeout
         read = min(s.read_timeout, left) if left is not None else s.read_timeout
         proxies = {"http": s.proxy, "https": s.proxy} if s.proxy else None
+        first_hop = url == self.url
         try:
-            return self.session.request(
+            response = self.session.request(
                 "GET",
                 url,
                 headers=validators,
@@ -505,7 +510,13 @@ class _Attempt:
         except BlockedAddress as e:
             raise self.stop(status.URL_INVALID, e.reason) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            timed_out = isinstance(e, requests.Timeout) or _find(e, _READ_TIMEOUTS)
+            if first_hop and (self.deadline.expired or timed_out):
+                self.host_answered = False
             raise self._request_error(e, url) from None
+        if first_hop:
+            self.host_answered = True
+        return response
 
     # -- response handling ---------------------------------------------------
 
@@ -693,7 +704,7 @@ class _Attempt:
     def _body_error(self, e: BaseException, length: Optional[int], response) -> _Done:
         if self.deadline.expired:
             return self._timeout()
-        if _find(e, (Urllib3ReadTimeout, requests.ReadTimeout, socket.timeout)):
+        if _find(e, _READ_TIMEOUTS):
             return self.stop(
                 status.REQUEST_FAILED,
                 f"Timed out after {self.settings.read_timeout:g} s waiting for data",
@@ -839,6 +850,10 @@ def _chunks(raw: Any, chunk_size: int, deadline: _Deadline) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+# (not urllib3's TimeoutError: its NewConnectionError, a refused connection, is one)
+_READ_TIMEOUTS = (urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout, socket.timeout)
 
 
 def _find(exc: BaseException, types: tuple) -> Optional[BaseException]:

@@ -25,10 +25,9 @@ import os
 import random
 import threading
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import ckan.plugins.toolkit as tk
 import redis
@@ -38,12 +37,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ckan import model
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ckanext.archiver import celery_app, interfaces
+from ckanext.archiver import celery_app, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
 from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
-from ckanext.archiver.politeness import HostLimiter
+from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
 from ckanext.archiver.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,8 @@ def _limiter() -> HostLimiter:
         archiver_queue.redis_client(), "archiver:{}".format(tk.config.get("ckan.site_id")),
         int(tk.config.get("ckanext.archiver.per_host_concurrency")),
         float(tk.config.get("ckanext.archiver.per_host_min_interval")),
-        lease=float(tk.config.get("ckanext.archiver.total_timeout")) + 30)
+        lease=float(tk.config.get("ckanext.archiver.total_timeout")) + 30,
+        down_after=int(tk.config.get("ckanext.archiver.host_down_after")))
 
 
 # ---------------------------------------------------------------------------
@@ -141,6 +141,7 @@ class BatchResult:
     recorded: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     retry: list[Job] = field(default_factory=list)
+    late: list[Job] = field(default_factory=list)  # still downloading (handed off)
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -263,18 +264,25 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
                 reason = "Host busy: waited too long for a free slot"
             except redis.exceptions.RedisError:
                 token, reason = None, "Queue broker unavailable (per-host limits)"
+            except HostNotAnswering:
+                job.outcome = Outcome(
+                    status_id=st.REQUEST_FAILED, url=job.url or "", transient=True,
+                    reason=f"Not tried: {host} timed out on its last {limiter.down_after} "
+                           "requests or more (it is tried again once a minute)")
+                return
             if token is None:
                 job.retry = True
                 job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",
                                       reason=reason, transient=True)
                 return
+        outcome = None
         try:
             outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(store, job),
                             force=force, session=get_session(settings))
         finally:
             if token is not None:
                 try:
-                    limiter.release(host, token)
+                    limiter.release(host, token, outcome.host_answered if outcome else None)
                 except redis.exceptions.RedisError:  # the lease expires by itself
                     log.warning("Could not release the slot of host %s", host)
         job.outcome = outcome
@@ -393,36 +401,37 @@ def _already_done(job: Job, queued_at: Optional[datetime.datetime]) -> bool:
                 and (job.previous or {}).get("status_id") is not None)
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The process's download threads (one pool per process: a forked
-    worker child makes its own)."""
-    pid = os.getpid()
-    if pid not in _pools:
-        _pools[pid] = ThreadPoolExecutor(max_workers=64, thread_name_prefix="archiver-fetch")
-    return _pools[pid]
-
-
 def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   queued_at: Optional[str] = None, force: bool = False,
-                  attempt: int = 0, polite: bool = True) -> BatchResult:
-    """Archive resources now, in this process."""
+                  attempt: int = 0, polite: bool = True,
+                  wait_max: Optional[float] = None,
+                  on_late: Optional[Callable[[BatchResult], None]] = None,
+                  handed_off_at: Optional[str] = None) -> BatchResult:
+    """Archive resources now, in this process.
+
+    With ``wait_max``, downloads still running when the batch is mostly done
+    (``pool.run_batch``) are handed off: they are in ``result.late``, and
+    each is recorded (and announced) on its own thread when it ends, then
+    given to ``on_late`` as a BatchResult of its own. ``handed_off_at``
+    skips resources recorded since then (a check of handed-off downloads
+    whose worker may have died), even with ``force``.
+    """
     result = BatchResult()
     queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
+    handed_off = datetime.datetime.fromisoformat(handed_off_at) if handed_off_at else None
     jobs = _load_jobs(list(resource_ids))
     todo = []
     for job in jobs:
         if not job.active:
             job.skip_reason = "resource deleted or missing"
-        elif not force and _already_done(job, queued):
+        elif _already_done(job, handed_off) or (not force and _already_done(job, queued)):
             job.skip_reason = "already checked since queued"
         (result.skipped if job.skip_reason else todo).append(job)
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     _mark_started(todo)
-    archiver_queue.release(resource_ids)
+    if handed_off is None:  # a check of handed-off downloads holds no pending marks
+        archiver_queue.release(resource_ids)
     if not todo:
         return result
     try:
@@ -438,33 +447,100 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         _save(todo)
         return result
     limiter = _limiter() if polite else None
-    workers = min(len(todo), 64)
-    if workers == 1:
-        _run_one(todo[0], store, limiter, force)
-    else:
-        list(_pool().map(lambda j: _run_one(j, store, limiter, force), todo))
     max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
-    for job in todo:
-        if (job.retry or job.outcome.transient) and attempt < max_retries:
-            job.outcome.reason += " (will retry)"
-            result.retry.append(job)
-        else:
-            result.recorded.append(job)
+    if len(todo) == 1:
+        _run_one(todo[0], store, limiter, force)
+        done, late = todo, []
+    else:
+        late_batch = _LateBatch(todo, queue_name, attempt, max_retries, on_late)
+        done, late = pool.run_batch(todo, lambda j: _run_one(j, store, limiter, force),
+                                    late_batch.finish, wait_max)
+    result.recorded, result.retry = _split(done, attempt, max_retries)
+    result.late = late
     # every attempt is recorded, so the page says what happened last; only
     # final results are announced downstream
     _save(result.recorded + result.retry)
-    _notify(result.recorded, queue_name)
+    _notify(result.recorded, queue_name, packages={
+        job.package_id for job in result.recorded} - {job.package_id for job in late})
+    if late:
+        late_batch.handed_off(result.recorded, late)
     return result
 
 
-def _notify(jobs: list[Job], queue_name: str) -> None:
+def _split(jobs: list[Job], attempt: int, max_retries: int) -> tuple[list[Job], list[Job]]:
+    """(final, to retry): a transient failure is tried again while attempts
+    are left, and its row says so."""
+    final, retry = [], []
+    for job in jobs:
+        if (job.retry or job.outcome.transient) and attempt < max_retries:
+            job.outcome.reason += " (will retry)"
+            retry.append(job)
+        else:
+            final.append(job)
+    return final, retry
+
+
+class _LateBatch:
+    """Records the handed-off downloads of one batch, each on its own
+    thread when it ends. Once the batch is complete, its datasets that had
+    late downloads are announced (those without were announced at once)."""
+
+    def __init__(self, jobs: list[Job], queue_name: str, attempt: int, max_retries: int,
+                 on_late: Optional[Callable[[BatchResult], None]]):
+        self.jobs, self.queue_name, self.on_late = jobs, queue_name, on_late
+        self.attempt, self.max_retries = attempt, max_retries
+        self.lock = threading.Lock()
+        self.final: list[Job] = []  # recorded for good, in time or late
+        self.finished = 0
+        self.late: Optional[list[Job]] = None  # known once the batch hands off
+
+    def finish(self, job: Job) -> None:
+        """One late download ended (on its thread)."""
+        try:
+            result = BatchResult()
+            result.recorded, result.retry = _split([job], self.attempt, self.max_retries)
+            _save(result.recorded + result.retry)
+            _notify(result.recorded, self.queue_name, packages=set())
+            with self.lock:
+                self.final += result.recorded
+                self.finished += 1
+                complete = self.late is not None and self.finished == len(self.late)
+            if complete:
+                self._announce()
+            if self.on_late is not None:
+                self.on_late(result)
+        finally:
+            model.Session.remove()
+
+    def handed_off(self, final: list[Job], late: list[Job]) -> None:
+        """The batch returned: ``final`` were recorded, ``late`` run on."""
+        with self.lock:
+            self.final += final
+            self.late = late
+            complete = self.finished == len(late)
+        if late and complete:
+            self._announce()
+
+    def _announce(self) -> None:
+        _notify([], self.queue_name, packages={job.package_id for job in self.late},
+                complete=self.final)
+
+
+def _notify(jobs: list[Job], queue_name: str, packages: Optional[set] = None,
+            complete: Optional[list[Job]] = None) -> None:
+    """Announce ``jobs``, then each dataset of ``packages`` (default: those
+    of ``jobs``) whose active resources are all in ``complete`` (default:
+    ``jobs``)."""
     for job in jobs:
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
                           cache_filepath=job.cache_filepath or (job.previous or {}).get(
                               "cache_filepath"))
-    done = {}
-    for job in jobs:
-        done.setdefault(job.package_id, set()).add(job.resource_id)
+    complete = jobs if complete is None else complete
+    packages = {job.package_id for job in jobs} if packages is None else packages
+    done: dict[str, set[str]] = {}
+    for job in complete:
+        if job.package_id in packages:
+            done.setdefault(job.package_id, set()).add(job.resource_id)
     if not done:
         return
     active = model.Session.query(model.Resource.package_id, model.Resource.id).filter(
@@ -530,23 +606,36 @@ def forget(resource_ids: list[str]) -> int:
 @shared_task(bind=True, name="ckanext.archiver.archive_resources")
 def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                       queued_at: Optional[str] = None, force: bool = False,
-                      attempt: int = 0) -> dict[str, int]:
-    """Archive a batch of resources (one, for the priority queue)."""
+                      attempt: int = 0, handed_off_at: Optional[str] = None) -> dict[str, int]:
+    """Archive a batch of resources (one, for the priority queue).
+
+    Downloads still running when the batch is mostly done are handed off
+    (``pool.run_batch``) and recorded when they end; a check of them is
+    queued for when they must have ended (``handed_off_at``), which does
+    nothing unless this worker died first."""
     try:
         if _too_many_deliveries(f"{self.request.id}:{self.request.retries}"):
             _record_system_error(resource_ids, "System error during archival: "
                                  "the worker stopped every time it archived this")
             return {"gave up": len(resource_ids)}
-        result = archive_batch(resource_ids, queue, queued_at, force, attempt)
-        for job in result.retry:
+
+        def retry_late(late: BatchResult) -> None:
+            _queue_retries(late.retry, queue, force, attempt)
+
+        wait = float(tk.config.get("ckanext.archiver.batch_wait"))
+        result = archive_batch(resource_ids, queue, queued_at, force, attempt,
+                               wait_max=wait if wait > 0 else None,  # 0: wait for all
+                               on_late=retry_late, handed_off_at=handed_off_at)
+        _queue_retries(result.retry, queue, force, attempt)
+        if result.late:
             archive_resources.apply_async(
-                args=[[job.resource_id]],
-                kwargs={"queue": queue, "queued_at": None, "force": force,
-                        "attempt": attempt + 1},
-                queue=celery_app.queue_name(queue),
-                countdown=backoff(attempt, job.outcome.retry_after if job.outcome else None))
+                args=[[job.resource_id for job in result.late]],
+                kwargs={"queue": queue, "force": force, "attempt": attempt,
+                        "handed_off_at": utcnow().isoformat()},
+                queue=celery_app.queue_name(queue), countdown=late_check_delay())
         counts = result.counts()
         counts["retrying"] = len(result.retry)
+        counts["handed off"] = len(result.late)
         return counts
     except sa.exc.OperationalError as e:  # database unavailable: retry later
         model.Session.rollback()
@@ -555,6 +644,22 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                          max_retries=max_retries) from e
     finally:
         model.Session.remove()
+
+
+def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> None:
+    for job in jobs:
+        archive_resources.apply_async(
+            args=[[job.resource_id]],
+            kwargs={"queue": queue, "queued_at": None, "force": force, "attempt": attempt + 1},
+            queue=celery_app.queue_name(queue),
+            countdown=backoff(attempt, job.outcome.retry_after if job.outcome else None))
+
+
+def late_check_delay() -> int:
+    """Seconds after which a handed-off download has surely ended (its
+    wait for a host slot plus its deadline), at most MAX_COUNTDOWN."""
+    total = float(tk.config.get("ckanext.archiver.total_timeout"))
+    return int(min(total + celery_app.HOST_WAIT_MAX + 30, celery_app.MAX_COUNTDOWN))
 
 
 @shared_task(name="ckanext.archiver.archive_package")

@@ -64,6 +64,19 @@ def archive_dir(tmp_path, ckan_config, monkeypatch):
     return path
 
 
+def forget_hosts():
+    """Per-host politeness state of earlier tests (every test server is a
+    127.0.0.1 host: its timeouts must not make a later test skip it)."""
+    from ckan.plugins import toolkit as tk
+
+    from ckanext.archiver import queue
+
+    r = queue.redis_client()
+    keys = list(r.scan_iter(match="archiver:{}:host:*".format(tk.config.get("ckan.site_id"))))
+    if keys:
+        r.delete(*keys)
+
+
 @pytest.fixture
 def archiver_env(archive_dir, ckan_config, monkeypatch):
     """Fresh archive_dir, empty queues, fast retries; Celery app rebuilt
@@ -77,6 +90,7 @@ def archiver_env(archive_dir, ckan_config, monkeypatch):
     celery_app.reset()
     queue._redis.clear()
     queue.purge()
+    forget_hosts()
     yield archive_dir
     celery_app.reset()
     queue._redis.clear()

@@ -595,6 +595,7 @@ def test_dripping_headers_stop_at_the_total_deadline(run, raw_server):
     outcome = run(url, read_timeout=1, total_timeout=1.5)
     assert outcome.reason == "Timed out after 1.5 s"
     assert time.monotonic() - started < 3.5
+    assert outcome.host_answered is False, "no whole response: counts as not answering"
 
 
 def test_dripping_redirect_body_stops_at_the_total_deadline(run, raw_server):
@@ -609,6 +610,7 @@ def test_dripping_redirect_body_stops_at_the_total_deadline(run, raw_server):
     assert outcome.reason == "Timed out after 1.5 s"
     assert time.monotonic() - started < 3.5
     assert raw_server.paths() == ["/slow-redirect"]
+    assert outcome.host_answered is True, "it sent a response: slow, not dead"
 
 
 def test_read_timeout_waiting_for_the_response(run, raw_server):
@@ -619,6 +621,19 @@ def test_read_timeout_waiting_for_the_response(run, raw_server):
     assert outcome.status_id == status.REQUEST_FAILED
     assert outcome.reason == "Timed out after 0.3 s waiting for the server to respond"
     assert outcome.transient
+    assert outcome.host_answered is False
+
+
+def test_timeout_after_a_redirect_is_not_the_first_hosts(run, raw_server_factory):
+    first, second = raw_server_factory(), raw_server_factory()
+
+    def silent(request, conn):
+        time.sleep(2)
+
+    first.route("/moved", redirect(second.route("/silent", silent)))
+    outcome = run(first.url("/moved"), read_timeout=0.3)
+    assert outcome.reason == "Timed out after 0.3 s waiting for the server to respond"
+    assert outcome.host_answered is True
 
 
 def test_read_timeout_in_the_body(run, raw_server):
@@ -629,6 +644,7 @@ def test_read_timeout_in_the_body(run, raw_server):
     outcome = run(raw_server.route("/stall", stall), read_timeout=0.3)
     assert outcome.status_id == status.REQUEST_FAILED
     assert outcome.reason == "Timed out after 0.3 s waiting for data"
+    assert outcome.host_answered is True
 
 
 # --------------------------------------------------------------------------
@@ -644,6 +660,7 @@ def test_redirect_chain(run, raw_server):
     assert outcome.url == raw_server.url("/a")
     assert outcome.url_redirected_to == raw_server.url("/files/c.csv")
     assert outcome.filename == "c.csv"
+    assert outcome.host_answered is True
     assert raw_server.paths() == ["/a", "/b", "/files/c.csv"]
 
 
@@ -837,6 +854,7 @@ def test_connection_refused(run):
     assert outcome.status_id == status.REQUEST_FAILED
     assert outcome.reason == "Connection refused"
     assert outcome.transient
+    assert outcome.host_answered is None, "refused at once: holds no slot, not counted"
 
 
 @pytest.mark.parametrize("guarded", [True, False])
