@@ -37,11 +37,15 @@ then, in one run:
    end to end (CLI start-up included), then ``queue.enqueue()`` alone in
    this process (with its phases); the queues are purged after
    (``ckan archiver purge-queues``).
+4. Hanging hosts: the resources of part 1 again, 5% of the hosts accepting
+   connections and never answering (read_timeout 5 s): a clean run, then
+   runs without and with the batch hand-off and the skipping of hosts that
+   stopped answering; every row counts, the hanging hosts' included.
 
 At the end (also on Ctrl-C or SIGTERM) the workers are killed by process
 group, the bench's Redis keys are removed and the database is dropped.
 
-    .venv/bin/python bench/bench_queue.py [--quick] [--parts 123] [--keep-logs]
+    .venv/bin/python bench/bench_queue.py [--quick] [--parts 1234] [--keep-logs]
 
 ``--quick`` scales everything down (a smoke run of about two minutes); the
 full run takes about five minutes on 2 cores. Progress goes to stderr, the
@@ -50,7 +54,7 @@ workers, the origin, PostgreSQL, Redis, this script with its ``ckan`` CLI
 runs, and everything else on the machine (other people's work skews the
 numbers: look at that last figure before comparing runs).
 Goals (2 cores): bulk >= 200 resources/s, priority p95 <= 2 s, update >=
-5,000 resources/s.
+5,000 resources/s, with 5% of hosts hanging >= 50% of the clean run.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ SCALES = {
     "quick": dict(resources=200, hosts=20, per_dataset=5, sample=20, slow=500,
                   slow_hosts=20, edits=5, all_edits=2, enqueue=10_000),
 }
-GOALS = {"bulk": 200.0, "p95": 2.0, "enqueue": 5000.0}
+GOALS = {"bulk": 200.0, "p95": 2.0, "enqueue": 5000.0, "hanging": 0.5}
 
 
 def say(*args) -> None:
@@ -120,7 +124,8 @@ def _body(path: str) -> bytes:
 
 def origin_main(port: int, hosts: list[str]) -> None:
     """HTTP/1.1 with keep-alive; ``/fast/...`` answers after FAST_DELAY,
-    ``/slow/...`` after SLOW_DELAY; 304 on a matching If-None-Match."""
+    ``/slow/...`` after SLOW_DELAY, ``/hang/...`` never; 304 on a matching
+    If-None-Match."""
     import resource as rlimit
 
     soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
@@ -152,6 +157,10 @@ def origin_main(port: int, hosts: list[str]) -> None:
                 if path == "/__stats":
                     body = json.dumps(stats).encode()
                     status, ctype, etag = "200 OK", "application/json", None
+                elif path.startswith("/hang/"):
+                    stats["hanging"] = stats.get("hanging", 0) + 1
+                    await asyncio.sleep(3600)  # accepted, never answered
+                    return
                 else:
                     await asyncio.sleep(SLOW_DELAY if path.startswith("/slow/") else FAST_DELAY)
                     stats["requests"] += 1
@@ -929,6 +938,54 @@ def part3(ctx) -> dict:
 # ===========================================================================
 
 
+# ===========================================================================
+# Part 4: hanging hosts
+
+
+HANG_OPTIONS = {"ckanext.archiver.read_timeout": "5", "ckanext.archiver.total_timeout": "10"}
+
+
+def part4(ctx) -> dict:
+    """Hosts that accept connections and never answer, 5% of them: whole
+    runs (every row, the hanging hosts' included) beside a clean run, with
+    the batch hand-off and the not-answering hosts (this archiver's
+    defaults) and without them (``batch_wait = 0``, ``host_down_after =
+    0``: every batch waits for its slowest download and every resource of a
+    hanging host is tried)."""
+    s = ctx.scale
+    n, hosts = s["resources"], s["hosts"]
+    hanging = max(1, hosts * 5 // 100)
+    read = HANG_OPTIONS["ckanext.archiver.read_timeout"]
+    say(f"\n== 4. Hanging hosts: {n:,} resources on {hosts} hosts, {hanging} of them "
+        f"hanging (read_timeout {read} s) ==")
+    url_sql = (":base || (2 + mod(i, :hosts)) || ':' || :port || CASE WHEN mod(i, :hosts) "
+               "< :hanging THEN '/hang/' ELSE '/fast/' END || i || '.csv'")
+    runs = []
+    for label, hang, options in (
+            ("clean (no host hanging)", 0, {}),
+            ("5% hanging, batches wait, every resource tried", hanging,
+             {"ckanext.archiver.batch_wait": "0", "ckanext.archiver.host_down_after": "0"}),
+            ("5% hanging, defaults (hand-off, not-answering hosts)", hanging, {})):
+        reset_data(ctx.engine)
+        redis_cleanup(ctx.site_id)
+        seed(ctx.engine, "hang", n, s["per_dataset"], url_sql, base="http://" + FAST_NET,
+             hosts=hosts, port=ctx.origin.port, hanging=hang)
+        ini = os.path.join(ctx.workdir, f"bench-hang-{len(runs)}.ini")
+        write_ini(ini, ctx.workdir, ctx.db_url, ctx.site_id, **HANG_OPTIONS, **options)
+        runs.append(throughput_run(ctx, label, ini, n))
+    clean = runs[0]["rate"]
+    width = 56
+    say(f"{'':{width}} {'res/s':>8} {'wall s':>8}  notes")
+    for r in runs:
+        say(f"{r['label']:{width}} {r['rate']:8.1f} {r['wall']:8.1f}  "
+            f"{100 * r['rate'] / clean:.0f}% of clean; statuses {r['statuses']}")
+        if r["stalled"]:
+            say(f"{'':{width}} {'':8} {'':8}  STALLED: no progress for {STALL_SECONDS} s "
+                f"with {r['n'] - r['done']:,} rows left")
+        say(f"{'':{width}} {'':8} {'':8}  {r['cpu']}")
+    return {"runs": runs}
+
+
 class Context:
     pass
 
@@ -936,7 +993,7 @@ class Context:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Scaled-down smoke run.")
-    parser.add_argument("--parts", default="123", help="Which parts to run (default 123).")
+    parser.add_argument("--parts", default="1234", help="Which parts to run (default 1234).")
     parser.add_argument("--keep-logs", action="store_true",
                         help="Keep the work folder (worker and origin logs, bench ini).")
     args = parser.parse_args()
@@ -971,7 +1028,7 @@ def main() -> None:
 
         _as_postgres("createdb", "-O", "ckan_default", "-E", "utf-8", "-T", "template0", ctx.db)
         created_db = True
-        db_url = f"postgresql://ckan_default:pass@127.0.0.1/{ctx.db}"
+        db_url = ctx.db_url = f"postgresql://ckan_default:pass@127.0.0.1/{ctx.db}"
         ctx.ini = os.path.join(ctx.workdir, "bench.ini")
         ctx.ini_free = os.path.join(ctx.workdir, "bench-relaxed.ini")
         write_ini(ctx.ini, ctx.workdir, db_url, ctx.site_id)
@@ -1004,6 +1061,8 @@ def main() -> None:
             results["2"] = part2(ctx)
         if "3" in args.parts:
             results["3"] = part3(ctx)
+        if "4" in args.parts:
+            results["4"] = part4(ctx)
         summary(results)
     except KeyboardInterrupt:
         say("\ninterrupted: cleaning up")
@@ -1066,6 +1125,13 @@ def summary(results: dict) -> None:
             rate = results["3"][key]
             mark = "ok" if rate >= GOALS["enqueue"] else "BELOW GOAL"
             say(f"{label:44} {rate:8.0f} res/s (goal >= {GOALS['enqueue']:.0f}) {mark}")
+    if "4" in results:
+        clean, *hung = results["4"]["runs"]
+        for r in hung:
+            share = r["rate"] / clean["rate"]
+            mark = "ok" if share >= GOALS["hanging"] else "BELOW GOAL"
+            say(f"{r['label'][:44]:44} {100 * share:8.0f} % of the clean run "
+                f"(goal >= {100 * GOALS['hanging']:.0f} %) {mark}")
 
 
 if __name__ == "__main__":
