@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 
 _app: Optional[Celery] = None
 
-# A batch task runs its downloads concurrently, but a host's politeness
-# limits can make it wait: allow that much on top of the download deadline.
-HOST_WAIT_MAX = 120
 # Longest delay before a retry (Redis holds delayed tasks as unacked
 # messages: they must come back before the visibility timeout).
 MAX_COUNTDOWN = 900
@@ -71,10 +68,17 @@ def broker_url(config: Any = None) -> str:
     return config.get("ckanext.archiver.broker_url") or config.get("ckan.redis.url")
 
 
+def download_time_max(config: Any = None) -> float:
+    """Longest one download can take: its wait for a free slot on its host,
+    then its deadline."""
+    config = config or _ckan_config()
+    return (float(config.get("ckanext.archiver.host_wait"))
+            + float(config.get("ckanext.archiver.total_timeout")))
+
+
 def time_limits(config: Any = None) -> tuple[int, int]:
     """(soft, hard) time limits of one task, from the download deadline."""
-    config = config or _ckan_config()
-    soft = int(float(config.get("ckanext.archiver.total_timeout"))) + HOST_WAIT_MAX + 60
+    soft = int(download_time_max(config)) + 60
     return soft, soft + 60
 
 

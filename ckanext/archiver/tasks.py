@@ -260,7 +260,8 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
                  and previous.fresh_until > datetime.datetime.now(datetime.timezone.utc))
         if limiter is not None and host and not fresh:
             try:
-                token = limiter.acquire(host, timeout=celery_app.HOST_WAIT_MAX)
+                token = limiter.acquire(
+                    host, timeout=float(tk.config.get("ckanext.archiver.host_wait")))
                 reason = "Host busy: waited too long for a free slot"
             except redis.exceptions.RedisError:
                 token, reason = None, "Queue broker unavailable (per-host limits)"
@@ -657,9 +658,9 @@ def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> No
 
 def late_check_delay() -> int:
     """Seconds after which a handed-off download has surely ended (its
-    wait for a host slot plus its deadline), at most MAX_COUNTDOWN."""
-    total = float(tk.config.get("ckanext.archiver.total_timeout"))
-    return int(min(total + celery_app.HOST_WAIT_MAX + 30, celery_app.MAX_COUNTDOWN))
+    wait for a host slot plus its deadline, and time to record it), at
+    most MAX_COUNTDOWN."""
+    return int(min(celery_app.download_time_max(tk.config) + 15, celery_app.MAX_COUNTDOWN))
 
 
 @shared_task(name="ckanext.archiver.archive_package")

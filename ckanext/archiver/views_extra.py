@@ -11,7 +11,9 @@ and when there is none a page offers to mail a link once it is built in the
 background (``archiver_package_request``).
 
 ``/archiver/metrics`` answers 404 unless ``metrics_enabled``, and 403
-without ``Authorization: Bearer <metrics_token>``.
+without ``X-Archiver-Metrics-Token: <metrics_token>`` (or ``Authorization:
+Bearer <metrics_token>``, which CKAN also tries, and fails, as an API
+token: it logs an error on every scrape).
 """
 
 from __future__ import annotations
@@ -122,10 +124,17 @@ def package_request(id: str):
 
 # -- metrics ---------------------------------------------------------------
 
-def _bearer_ok(expected: str) -> bool:
-    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
-    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode("utf-8"), expected.encode("utf-8"))
+METRICS_TOKEN_HEADER = "X-Archiver-Metrics-Token"
+
+
+def _token_ok(expected: str) -> bool:
+    given = request.headers.get(METRICS_TOKEN_HEADER)
+    if given is None:
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    return bool(expected) and hmac.compare_digest(given.strip().encode("utf-8"),
+                                                  expected.encode("utf-8"))
 
 
 def metrics():
@@ -133,7 +142,7 @@ def metrics():
     if not tk.config.get("ckanext.archiver.metrics_enabled"):
         tk.abort(404)
     request.environ["__no_cache__"] = True
-    if not _bearer_ok(tk.config.get("ckanext.archiver.metrics_token") or ""):
+    if not _token_ok(tk.config.get("ckanext.archiver.metrics_token") or ""):
         return Response("Forbidden\n", status=403, mimetype="text/plain")
     response = Response(stats.prometheus_text(), status=200)
     response.headers["Content-Type"] = stats.PROMETHEUS_CONTENT_TYPE

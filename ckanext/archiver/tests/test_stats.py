@@ -125,9 +125,11 @@ def test_metrics_flag_and_token(app, known, ckan_config, monkeypatch):
     assert app.get(url, headers={"Authorization": "Bearer "}).status_code == 403  # no token set
     monkeypatch.setitem(ckan_config, "ckanext.archiver.metrics_token", "t0ken")
     for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic t0ken"},
-                   {"Authorization": "Bearer t0ken2"}):
+                   {"Authorization": "Bearer t0ken2"}, {"X-Archiver-Metrics-Token": "t0ke"},
+                   {"X-Archiver-Metrics-Token": "", "Authorization": "Bearer t0ken"}):
         assert app.get(url, headers=header).status_code == 403, header
-    res = app.get(url, headers={"Authorization": "Bearer t0ken"})
+    assert app.get(url, headers={"Authorization": "Bearer t0ken"}).status_code == 200
+    res = app.get(url, headers={"X-Archiver-Metrics-Token": "t0ken"})
     assert res.status_code == 200
     assert res.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = res.get_data(as_text=True)

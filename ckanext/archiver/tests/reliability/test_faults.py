@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,6 +162,56 @@ def test_worker_main_process_killed_mid_download(worker_factory, raw_server, arc
     print(f"\n[faults] main process killed: pool process gone, message held "
           f"(visibility timeout {visibility} s); recovered at the next worker start; "
           f"{len(calls)} requests, 1 row, 1 history row, partial file removed")
+
+
+@pytest.mark.celery
+def test_pool_process_killed_while_a_handed_off_download_runs(worker_factory, raw_server,
+                                                               archive_dir, own_broker):
+    """A bulk batch of ten whose one hanging download was handed off (the
+    nine others recorded, the message acknowledged), then SIGKILL to the
+    pool process holding it.
+
+    The check queued at hand-off (``late_check_delay``: host_wait 1 s +
+    total_timeout 3 s + 15 s) runs in the new pool process, finds the
+    resource unrecorded and downloads it again: archived, one history row,
+    no partial file, the nine others untouched."""
+    calls: list = []
+    body = b"late,but,here\n"
+
+    def hang(request, conn):
+        time.sleep(30)
+
+    url = raw_server.route("/late.csv", _first_then_fast(body, hang, calls))
+    dataset = factories.Dataset()
+    late = factories.Resource(package_id=dataset["id"], url=url)
+    others = [factories.Resource(package_id=dataset["id"],
+                                 url=raw_server.route(f"/{i}.csv", _slow_ok(0)))
+              for i in range(9)]
+    options = dict(FAST, read_timeout=2, host_wait=1)
+    worker = worker_factory("--pool=prefork", "--concurrency=1", name="handoff",
+                            queues=("bulk",), **options)
+    worker.wait_ready()
+    queue.purge()  # what the hook queued on priority, one by one: one bulk batch instead
+    assert queue.enqueue([(late["id"], dataset["id"])]
+                         + [(r["id"], dataset["id"]) for r in others], "bulk") == 10
+    wait_for(lambda: _all_checked([r["id"] for r in others]), timeout=30)
+    assert _checked(late["id"]) is None and len(calls) == 1, "handed off, still hanging"
+    pool_pids = worker.children()
+    for pid in pool_pids:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: set(worker.children()) - set(pool_pids), timeout=30)
+    row = wait_for(lambda: _checked(late["id"]), timeout=60)
+    took = time.monotonic() - killed_at
+    assert (row.status_id, row.size) == (st.ARCHIVED, len(body))
+    assert open(row.cache_filepath, "rb").read() == body
+    assert len(calls) == 2
+    assert _history_count(late["id"]) == 1
+    assert all(_history_count(r["id"]) == 1 for r in others)
+    assert _tmp_files(archive_dir) == []
+    assert worker.alive()
+    print(f"\n[faults] pool process killed holding a handed-off download: re-checked by "
+          f"the hand-off check {took:.0f} s later; 2 requests, 1 history row")
 
 
 # -- 2. Redis restarted empty ----------------------------------------------------
