@@ -118,6 +118,8 @@ def _messages(queue_name):
 
 def test_task_queues_a_check_of_handed_off_downloads(raw_server, fast, ckan_config,
                                                      monkeypatch):
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 1)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 60)
     hanging = factories.Resource(url=raw_server.route("/hang", _hanging(3)))
     ok = [factories.Resource(url=raw_server.route(f"/{i}.csv", _ok)) for i in range(9)]
     before = datetime.datetime.now(datetime.timezone.utc)
@@ -131,6 +133,14 @@ def test_task_queues_a_check_of_handed_off_downloads(raw_server, fast, ckan_conf
     assert delay == pytest.approx(tasks.late_check_delay(), abs=3)
     assert tasks.late_check_delay() == 3 + 120 + 15  # total_timeout, host_wait, margin
     assert pool.drain(5) == 0
+    # the late download timed out: recorded as such, and its retry queued
+    # from its own thread
+    assert _row(hanging["id"]).reason.endswith("(will retry)")
+    messages = _messages("bulk")
+    assert (args, kwargs, eta) in messages and len(messages) == 2
+    [(retry_args, retry_kwargs, retry_eta)] = [m for m in messages if m[1].get("attempt")]
+    assert retry_args == [[hanging["id"]]] and retry_kwargs["attempt"] == 1
+    assert 40 < (datetime.datetime.fromisoformat(retry_eta) - before).total_seconds() < 80
     # the late check, run when it is due: nothing to do
     result = tasks.archive_batch(args[0], "bulk", handed_off_at=kwargs["handed_off_at"])
     assert [j.resource_id for j in result.skipped] == [hanging["id"]]
