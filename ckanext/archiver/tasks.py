@@ -453,7 +453,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         _run_one(todo[0], store, limiter, force)
         done, late = todo, []
     else:
-        late_batch = _LateBatch(todo, queue_name, attempt, max_retries, on_late)
+        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late)
         done, late = pool.run_batch(todo, lambda j: _run_one(j, store, limiter, force),
                                     late_batch.finish, wait_max)
     result.recorded, result.retry = _split(done, attempt, max_retries)
@@ -486,9 +486,9 @@ class _LateBatch:
     thread when it ends. Once the batch is complete, its datasets that had
     late downloads are announced (those without were announced at once)."""
 
-    def __init__(self, jobs: list[Job], queue_name: str, attempt: int, max_retries: int,
+    def __init__(self, queue_name: str, attempt: int, max_retries: int,
                  on_late: Optional[Callable[[BatchResult], None]]):
-        self.jobs, self.queue_name, self.on_late = jobs, queue_name, on_late
+        self.queue_name, self.on_late = queue_name, on_late
         self.attempt, self.max_retries = attempt, max_retries
         self.lock = threading.Lock()
         self.final: list[Job] = []  # recorded for good, in time or late
