@@ -38,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for ckanext.archiver
 
+from procstat import status_kb  # noqa: E402  (bench/ is on sys.path: the script's folder)
+
 VALIDATED, UNVALIDATED = "v-", "n-"
 
 
@@ -136,13 +138,6 @@ def _stats(base: str, reset: bool = False) -> dict:
 # Workers (each runs in a fresh process)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
 
 def _settings(**kw):
     from ckanext.archiver.fetch import FetchSettings
@@ -157,13 +152,13 @@ def worker_fetch_big(url: str, max_bytes: int, tmp_dir: str) -> dict:
 
     settings = _settings(max_content_length=max_bytes)
     get_session(settings)
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     cpu = time.process_time()
     started = time.perf_counter()
     outcome = fetch(url, settings, tmp_dir=tmp_dir)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     if outcome.tmp_path:
         os.unlink(outcome.tmp_path)
     return {
@@ -180,7 +175,7 @@ def worker_fetch_big(url: str, max_bytes: int, tmp_dir: str) -> dict:
 def worker_naive_big(url: str, out_path: str) -> dict:
     import requests
 
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     cpu = time.process_time()
     started = time.perf_counter()
     body = requests.get(url, timeout=600).content
@@ -188,7 +183,7 @@ def worker_naive_big(url: str, out_path: str) -> dict:
         f.write(body)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     size = len(body)
     del body
     os.unlink(out_path)

@@ -37,16 +37,11 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for ckanext.archiver
 
+from procstat import status_kb  # noqa: E402  (bench/ is on sys.path: the script's folder)
+
 BLOCK = 16 << 20
 GOAL_GROWTH_MB = 32
 
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def make_files(folder: str, total_mb: int, count: int) -> list[str]:
@@ -75,7 +70,7 @@ def worker_zip(paths: list[str], dest: str, level: int) -> dict:
 
     members = [packages.Member(f"resource-{n}", path, "data/" + os.path.basename(path),
                                os.path.getsize(path)) for n, path in enumerate(paths)]
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     cpu = time.process_time()
     started = time.perf_counter()
     hashes = packages.write_zip(
@@ -84,12 +79,12 @@ def worker_zip(paths: list[str], dest: str, level: int) -> dict:
     seconds = time.perf_counter() - started
     return {"bytes": sum(m.size for m in members), "seconds": seconds,
             "cpu": time.process_time() - cpu, "rss_before_kb": rss_before,
-            "peak_kb": _status_kb("VmHWM"), "members": len(hashes),
+            "peak_kb": status_kb("VmHWM"), "members": len(hashes),
             "zip_bytes": os.path.getsize(dest)}
 
 
 def worker_copy(paths: list[str], folder: str) -> dict:
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     started = time.perf_counter()
     for path in paths:
         out = os.path.join(folder, os.path.basename(path) + ".copy")
@@ -99,7 +94,7 @@ def worker_copy(paths: list[str], folder: str) -> dict:
         os.unlink(out)
     seconds = time.perf_counter() - started
     return {"bytes": sum(os.path.getsize(p) for p in paths), "seconds": seconds,
-            "rss_before_kb": rss_before, "peak_kb": _status_kb("VmHWM")}
+            "rss_before_kb": rss_before, "peak_kb": status_kb("VmHWM")}
 
 
 def run_worker(kind: str, *args) -> dict:
