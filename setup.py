@@ -20,7 +20,7 @@ setup(
     entry_points={
         "ckan.plugins": [
             "archiver = ckanext.archiver.plugin:ArchiverPlugin",
-            "archiver_nosearch = ckanext.archiver.nosearch:NoSearchPlugin",
+            "archiver_nosearch = ckanext.archiver.testing.nosearch:NoSearchPlugin",
         ],
     },
     classifiers=[

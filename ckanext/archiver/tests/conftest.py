@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ckanext.archiver import nosearch
+from ckanext.archiver.testing import nosearch
 from ckanext.archiver.tests.http_fixtures import *  # noqa: F403
 
 nosearch.install()
