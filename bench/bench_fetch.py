@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the download engine (ckanext/archiver/fetch.py).
+"""Benchmark of the download engine (ckanext/archiver/engine/).
 
 Prints numbers; not a test. Everything runs on 127.0.0.1:
 
@@ -140,7 +140,7 @@ def _stats(base: str, reset: bool = False) -> dict:
 
 
 def _settings(**kw):
-    from ckanext.archiver.fetch import FetchSettings
+    from ckanext.archiver.engine.outcome import FetchSettings
 
     base = dict(allow_private_networks=True, total_timeout=600, read_timeout=30)
     base.update(kw)
@@ -148,7 +148,8 @@ def _settings(**kw):
 
 
 def worker_fetch_big(url: str, max_bytes: int, tmp_dir: str) -> dict:
-    from ckanext.archiver.fetch import fetch, get_session
+    from ckanext.archiver.engine.attempt import fetch
+    from ckanext.archiver.engine.session import get_session
 
     settings = _settings(max_content_length=max_bytes)
     get_session(settings)
@@ -198,8 +199,9 @@ def worker_naive_big(url: str, out_path: str) -> dict:
 
 def worker_fetch_many(base: str, names: list, archive_dir: str) -> dict:
     from ckanext.archiver import status
-    from ckanext.archiver.fetch import Previous, fetch
-    from ckanext.archiver.storage import Storage
+    from ckanext.archiver.engine.attempt import fetch
+    from ckanext.archiver.engine.outcome import Previous
+    from ckanext.archiver.engine.storage import Storage
 
     storage = Storage(archive_dir)
     settings = _settings(max_content_length=50_000_000)

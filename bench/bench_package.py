@@ -66,14 +66,14 @@ def make_files(folder: str, total_mb: int, count: int) -> list[str]:
 
 
 def worker_zip(paths: list[str], dest: str, level: int) -> dict:
-    from ckanext.archiver import packages
+    from ckanext.archiver.engine import zipper
 
-    members = [packages.Member(f"resource-{n}", path, "data/" + os.path.basename(path),
-                               os.path.getsize(path)) for n, path in enumerate(paths)]
+    members = [zipper.Member(f"resource-{n}", path, "data/" + os.path.basename(path),
+                             os.path.getsize(path)) for n, path in enumerate(paths)]
     rss_before = status_kb("VmRSS")
     cpu = time.process_time()
     started = time.perf_counter()
-    hashes = packages.write_zip(
+    hashes = zipper.write_zip(
         members, lambda h: json.dumps({"resources": h}).encode(), os.path.dirname(dest),
         dest, level)
     seconds = time.perf_counter() - started

@@ -11,11 +11,14 @@ from typing import Optional
 import ckan.plugins.toolkit as tk
 import click
 import redis
-import sqlalchemy as sa
 from ckan import model
 
-from ckanext.archiver import celery_app, queue, stats, tasks
-from ckanext.archiver.model import Archival, ArchivalHistory, selection
+from ckanext.archiver import config, keys
+from ckanext.archiver.config import QUEUES
+from ckanext.archiver.model import Archival, ArchivalHistory, active_dataset, rows, selection
+from ckanext.archiver.model.org_notify import AlreadyRunning
+from ckanext.archiver.worker import batch, digest, dispatch, figures, zips
+from ckanext.archiver.worker.services import storage
 
 __all__ = ["archiver"]
 
@@ -28,12 +31,12 @@ def _fail(message: str) -> None:
 
 
 def _broker_error(e: Exception) -> None:
-    url = celery_app.broker_url(tk.config)
+    url = config.current().broker_url
     _fail(f"Cannot reach the broker at {url} ({type(e).__name__}). Is Redis running?")
 
 
 def _check_archive_dir() -> None:
-    path = tasks.archive_dir()
+    path = config.current().archive_dir
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -49,7 +52,7 @@ def archiver():
 
 @archiver.command()
 @click.argument("ids", nargs=-1)
-@click.option("--queue", "queue_name", type=click.Choice(queue.QUEUES), default="bulk",
+@click.option("--queue", "queue_name", type=click.Choice(QUEUES), default="bulk",
               show_default=True, help="Queue to put the resources on.")
 @click.option("--stale", type=float, metavar="DAYS",
               help="Only resources not checked for DAYS days (for cron).")
@@ -76,10 +79,10 @@ def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken
     try:
         chunk = first
         while chunk:
-            total += queue.enqueue(chunk, queue_name, force=force)
+            total += dispatch.enqueue(chunk, queue_name, force=force)
             chunk = list(itertools.islice(items, CHUNK))
         if stale is not None:
-            total += queue.requeue_lost()
+            total += dispatch.requeue_lost()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
         _broker_error(e)
     click.echo(f"Queued {total} resources on {queue_name}")
@@ -87,20 +90,20 @@ def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken
 
 def _update_now(items: list[tuple[str, str]], force: bool) -> None:
     try:
-        queue.redis_client().ping()
+        keys.client(config.current()).ping()
         polite = True
     except redis.exceptions.RedisError:
         polite = False  # no Redis: no politeness across workers, still works
-    size = int(tk.config.get("ckanext.archiver.batch_size"))
+    size = config.current().batch_size
     totals = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
     with click.progressbar(length=len(items), label="Archiving") as bar:
         for start in range(0, len(items), size):
-            batch = [rid for rid, _pid in items[start:start + size]]
-            result = tasks.archive_batch(batch, "bulk", force=force, attempt=10**6,
+            ids = [rid for rid, _pid in items[start:start + size]]
+            result = batch.archive_batch(ids, "bulk", force=force, attempt=10**6,
                                          polite=polite)
             for key, value in result.counts().items():
                 totals[key] += value
-            bar.update(len(batch))
+            bar.update(len(ids))
     click.echo("Done: {} archived, {} unchanged, {} broken, {} not sure".format(
         totals["archived"], totals["unchanged"], totals["broken"], totals["not sure"]))
 
@@ -125,13 +128,14 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
     """Start a Celery worker for the priority, bulk or all queues (extra
     arguments go to `celery worker`)."""
     _check_archive_dir()
+    options = config.current()
     try:
-        queue.redis_client().ping()
+        keys.client(options).ping()
     except redis.exceptions.RedisError as e:
         _broker_error(e)
     names = ["priority", "bulk"] if which == "all" else [which]
-    queues = ",".join(celery_app.queue_name(n, tk.config) for n in names)
-    site = tk.config.get("ckan.site_id")
+    queues = ",".join(options.queue_name(n) for n in names)
+    site = options.site_id
     args = [sys.executable, "-m", "celery", "-A", "ckanext.archiver.celery_app", "worker",
             "-Q", queues, "-n", f"archiver-{which}-{site}@%h", "--loglevel=INFO",
             *WORKER_DEFAULTS[which], *celery_args]
@@ -144,7 +148,7 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
 @click.option("--no-workers", is_flag=True, help="Do not ask the workers (faster).")
 def status(as_json: bool, no_workers: bool):
     """Queue lengths, workers, counts by status, oldest check."""
-    numbers = stats.numbers(with_workers=not no_workers)
+    numbers = figures.numbers(with_workers=not no_workers)
     if as_json:
         click.echo(json.dumps(numbers, indent=2))
         return
@@ -170,18 +174,17 @@ def status(as_json: bool, no_workers: bool):
 def view(dataset: Optional[str]):
     """Archival information of a dataset (or a summary of all)."""
     if not dataset:
-        total = model.Session.query(Archival).count()
-        broken = model.Session.query(Archival).filter(Archival.is_broken.is_(True)).count()
+        total, broken = rows.counts()
         click.echo(f"{total} resources have archival rows, {broken} broken links")
         return
     pkg = model.Package.get(dataset)
     if pkg is None:
         _fail(f"No dataset {dataset}")
         return
-    rows = {a.resource_id: a for a in Archival.get_for_package(pkg.id)}
+    found = {a.resource_id: a for a in Archival.get_for_package(pkg.id)}
     click.echo(f"{pkg.name}: {pkg.title}")
     for res in pkg.resources:
-        a = rows.get(res.id)
+        a = found.get(res.id)
         click.echo(f"- {res.name or res.id} <{res.url}>")
         if a is None or a.status_id is None:
             click.echo("    not checked yet")
@@ -197,13 +200,8 @@ def view(dataset: Optional[str]):
 def clean_status():
     """Delete rows of resources that no longer exist, and history older than
     history_retention_days."""
-    r = model.Resource.__table__
-    a = Archival.__table__
-    gone = sa.select(r.c.id).where(r.c.state == "active")
-    deleted = model.Session.execute(sa.delete(a).where(a.c.resource_id.notin_(gone))).rowcount
-    model.Session.commit()
-    old = ArchivalHistory.delete_older_than(
-        int(tk.config.get("ckanext.archiver.history_retention_days")))
+    deleted = rows.delete_orphans()
+    old = ArchivalHistory.delete_older_than(config.current().history_retention_days)
     click.echo(f"Deleted {deleted} archival rows and {old} history rows")
 
 
@@ -211,24 +209,19 @@ def clean_status():
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def clean_cached(dry_run: bool):
     """Remove archived files of deleted resources (and stale temp files)."""
-    keep = {row[0] for row in model.Session.query(model.Resource.id).join(
-        model.Package, model.Package.id == model.Resource.package_id).filter(
-        model.Resource.state == "active", model.Package.state == "active")}
-    files, freed = tasks.storage().clean(keep, dry_run=dry_run)
+    keep = rows.active_resource_ids()
+    files, freed = storage().clean(keep, dry_run=dry_run)
     verb = "Would remove" if dry_run else "Removed"
     click.echo(f"{verb} {files} files, {freed} bytes")
     if not dry_run and files:
-        a = Archival.__table__
-        model.Session.execute(sa.update(a).where(a.c.resource_id.notin_(keep)).values(
-            cache_filepath=None, cache_url=None))
-        model.Session.commit()
+        rows.clear_cache_columns(keep)
 
 
 @archiver.command("purge-queues")
 def purge_queues():
     """Empty the priority and bulk queues."""
     try:
-        removed = queue.purge()
+        removed = dispatch.purge()
     except redis.exceptions.RedisError as e:
         _broker_error(e)
         return
@@ -238,7 +231,7 @@ def purge_queues():
 @archiver.command()
 def init():
     """Create or upgrade the tables (same as `ckan db upgrade -p archiver`)."""
-    from ckan.cli.db import _run_migrations
+    from ckan.cli.db import _run_migrations  # CKAN's own; not loaded unless asked
 
     _run_migrations("archiver")
     click.echo("Archiver tables are up to date")
@@ -255,29 +248,27 @@ def init():
 def package(datasets: tuple[str, ...], force: bool, background: bool, clean: bool):
     """Build the zip of DATASETS' archived files plus datapackage.json
     (served at /dataset/<id>/archive.zip); rebuilt only when a file changed."""
-    from ckanext.archiver import packages
-
     if not datasets and not clean:
         _fail("Name one or more datasets (or use --clean)")
     _check_archive_dir()
     failed = False
     for ident in datasets:
-        pkg = model.Package.get(ident)
-        if pkg is None or pkg.state == "deleted":
+        pkg = active_dataset(ident)
+        if pkg is None:
             tk.error_shout(f"No dataset {ident}")
             failed = True
             continue
         if background:
             try:
-                queued = packages.queue_build(pkg.id)
+                queued = zips.queue_build(pkg.id)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
                 _broker_error(e)
                 return
             click.echo(f"{pkg.name}: " + ("queued on bulk" if queued else "already queued"))
             continue
         try:
-            result = packages.build(pkg.id, force=force)
-        except packages.NothingToPackage:
+            result = zips.build(pkg.id, force=force)
+        except zips.NothingToPackage:
             click.echo(f"{pkg.name}: no archived files, no zip")
             continue
         except OSError as e:
@@ -289,7 +280,7 @@ def package(datasets: tuple[str, ...], force: bool, background: bool, clean: boo
             pkg.name, "built" if result.built else "up to date", built.path,
             built.members, built.size))
     if clean:
-        removed, freed = packages.clean()
+        removed, freed = zips.clean()
         click.echo(f"Removed {removed} packages of deleted datasets, {freed} bytes")
     if failed:
         sys.exit(1)
@@ -303,11 +294,9 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
     """Email each organization's admins the links that broke or were fixed
     since their last digest, and call the webhook (for cron).
     ORGANIZATIONS (names or ids) limit the run; none means all."""
-    from ckanext.archiver import notify
-
     try:
-        results = notify.run(organizations, dry_run=dry_run)
-    except notify.AlreadyRunning as e:
+        results = digest.run(organizations, dry_run=dry_run)
+    except AlreadyRunning as e:
         _fail(str(e))
         return
     for r in results:

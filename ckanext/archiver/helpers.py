@@ -10,6 +10,7 @@ import ckan.plugins.toolkit as tk
 from markupsafe import Markup, escape
 
 from ckanext.archiver import status as st
+from ckanext.archiver import urls
 
 
 def archiver_is_broken_printable(is_broken: Optional[bool]) -> str:
@@ -27,13 +28,6 @@ def archiver_status_class(is_broken: Optional[bool]) -> str:
     if is_broken is None:
         return "unsure"
     return "broken" if is_broken else "ok"
-
-
-def archiver_status_label(is_broken: Optional[bool]) -> str:
-    """Short, translated label of a link's state."""
-    if is_broken is None:
-        return tk._("Not sure")
-    return tk._("Broken") if is_broken else tk._("OK")
 
 
 def _as_datetime(value: Any) -> Optional[datetime.datetime]:
@@ -84,16 +78,7 @@ def archiver_dataset_url(package_type: Optional[str], name: str,
                          qualified: bool = False) -> str:
     """URL of a dataset (or one of its resources) page, for any dataset
     type; the default type's pages when the type has no pages of its own."""
-    kwargs: dict[str, Any] = {"id": name, "qualified": qualified}
-    if resource_id:
-        kwargs["resource_id"] = resource_id
-    suffix = "_resource.read" if resource_id else ".read"
-    for dataset_type in dict.fromkeys((package_type or "dataset", "dataset")):
-        try:
-            return tk.h.url_for(dataset_type + suffix, **kwargs)
-        except Exception:  # no blueprint for this type (werkzeug BuildError)
-            continue
-    return ""
+    return urls.dataset_url(package_type, name, resource_id, qualified=qualified)
 
 
 def archiver_without_status(res: Any) -> Any:
@@ -164,18 +149,3 @@ def archiver_trend_svg(trend: Sequence[tuple[datetime.date, int]],
 {"".join(marks)}
 </svg>"""
     return Markup(svg)
-
-
-def get_helpers() -> dict[str, Any]:
-    return {
-        "archiver_is_broken_printable": archiver_is_broken_printable,
-        "archiver_status_text": archiver_status_text,
-        "archiver_status_class": archiver_status_class,
-        "archiver_status_label": archiver_status_label,
-        "archiver_cached_copy": archiver_cached_copy,
-        "archiver_broken_resources": archiver_broken_resources,
-        "archiver_without_status": archiver_without_status,
-        "archiver_dataset_url": archiver_dataset_url,
-        "archiver_shorten_url": archiver_shorten_url,
-        "archiver_trend_svg": archiver_trend_svg,
-    }

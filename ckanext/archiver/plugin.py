@@ -1,5 +1,9 @@
 """Registration of the archiver in CKAN. Only hooks live here; the work is
-done by the modules they call (see DESIGN.md)."""
+done by the modules they call (see docs/architecture.rst: which module owns
+what, and the direction of imports).
+
+Importing the plugin loads no Celery: resources are queued by task name
+(``worker.dispatch``), and the Celery app is built on first use."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from ckan.common import CKANConfig
 from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
-from ckanext.archiver import packages, queue
+from ckanext.archiver.worker import dispatch, zips
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class ArchiverPlugin(p.SingletonPlugin):
 
     def get_signal_subscriptions(self):
         # dataset zips refreshed after archiving (option package_on_archived)
-        return packages.signal_subscriptions()
+        return zips.signal_subscriptions()
 
     # IPackageController
 
@@ -57,9 +61,9 @@ class ArchiverPlugin(p.SingletonPlugin):
 
     def _queue_changed(self, pkg_dict: dict[str, Any]) -> None:
         try:
-            items = queue.needing_check(pkg_dict["id"])
+            items = dispatch.needing_check(pkg_dict["id"])
             if items:
-                queue.after_commit(model.Session, enqueue_items=items)
+                dispatch.after_commit(model.Session, enqueue_items=items)
         except Exception:  # never fail a dataset save
             log.exception("Could not work out which resources to archive")
 
@@ -67,7 +71,7 @@ class ArchiverPlugin(p.SingletonPlugin):
 
     def before_resource_delete(self, context: Context, resource: dict[str, Any],
                                resources: list[dict[str, Any]]):
-        queue.after_commit(model.Session, forget_ids=[resource["id"]])
+        dispatch.after_commit(model.Session, forget_ids=[resource["id"]])
 
     def before_dataset_index(self, pkg_dict: dict[str, Any]) -> dict[str, Any]:
         archiver_model.remove_from_package_dict(pkg_dict)

@@ -1,8 +1,9 @@
 """Archival status ids, their texts and the ok / broken / not-sure rule.
 
 This is the one place that knows them. It imports nothing from CKAN so that
-``fetch.py`` can use it too. The ids and texts are a compatibility contract
-with the older ckanext-archiver (and ckanext-qa, which reads the texts):
+the download engine (``engine/``) can use it too. The ids and texts are a
+compatibility contract with the older ckanext-archiver (and ckanext-qa,
+which reads the texts):
 never renumber or reword them; new ids go in free slots.
 """
 

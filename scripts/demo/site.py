@@ -72,8 +72,8 @@ def _remove_earlier_run() -> dict[str, int]:
     from ckan import model
     from ckan.plugins import toolkit as tk
 
-    from ckanext.archiver import queue, tasks
     from ckanext.archiver.model import Archival, ArchivalHistory
+    from ckanext.archiver.worker import dispatch, services
 
     org_names = [o["name"] for o in ORGANIZATIONS]
     orgs = model.Session.query(model.Group).filter(model.Group.name.in_(org_names)).all()
@@ -88,11 +88,11 @@ def _remove_earlier_run() -> dict[str, int]:
         Archival.resource_id.in_(resource_ids or [""]))).all()
     resource_ids = sorted(set(resource_ids) | {rid for (rid,) in archived})
 
-    store = tasks.storage()
+    store = services.storage()
     for rid in resource_ids:
         store.remove(rid)
     try:
-        queue.release(resource_ids)
+        dispatch.release(resource_ids)
     except Exception:  # noqa: BLE001 - Redis down: the workers will say so
         pass
     if resource_ids or package_ids:

@@ -1,10 +1,6 @@
-"""URL validation and the SSRF guard used by ``fetch.py``.
-
-Two jobs, no CKAN imports:
-
-* :func:`normalise_url` turns whatever a publisher typed into an absolute
-  http(s) URL with a plain-ASCII host (IDNA) and a percent-encoded path, or
-  raises :class:`InvalidURL` with a reason a publisher understands.
+"""The SSRF guard used by the download engine (``engine.attempt``) and the
+webhook. No CKAN imports. (URL normalisation, :func:`normalise_url`, is in
+``engine.urlnorm`` and re-exported here.)
 
 * The guard refuses to connect to loopback, private, link-local (cloud
   metadata included), multicast, reserved and unspecified addresses, IPv4 and
@@ -24,7 +20,7 @@ Two jobs, no CKAN imports:
 
 :func:`install_guard` mounts the guarded adapter on a ``requests.Session``.
 The connections also tell an optional per-thread observer about the socket
-they use (:func:`observe_sockets`), which is how ``fetch.py`` enforces its
+they use (:func:`observe_sockets`), which is how ``engine.attempt`` enforces its
 wall-clock deadline while a read is blocked.
 """
 
@@ -200,7 +196,7 @@ class Guard:
 
 
 # --------------------------------------------------------------------------
-# Socket observer (lets fetch.py cut a blocked read at its deadline)
+# Socket observer (lets engine.attempt cut a blocked read at its deadline)
 
 _local = threading.local()
 

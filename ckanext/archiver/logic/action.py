@@ -8,16 +8,30 @@ import ckan.plugins.toolkit as tk
 from ckan import model
 from ckan.types import Context, DataDict
 
-from ckanext.archiver import queue
 from ckanext.archiver.logic import schema
-from ckanext.archiver.model import Archival, dataset_summary
+from ckanext.archiver.model import Archival, active_dataset, dataset_summary
+from ckanext.archiver.model.org_notify import set_opt_out
+from ckanext.archiver.worker import dispatch, figures, zips
+
+
+def _validated(context: Context, data_dict: DataDict, schema_: dict[str, Any]
+               ) -> dict[str, Any]:
+    data, errors = tk.navl_validate(data_dict, schema_, context)
+    if errors:
+        raise tk.ValidationError(errors)
+    return data
 
 
 def _validated_id(context: Context, data_dict: DataDict) -> str:
-    data, errors = tk.navl_validate(data_dict, schema.id_schema(), context)
-    if errors:
-        raise tk.ValidationError(errors)
-    return data["id"]
+    return _validated(context, data_dict, schema.id_schema())["id"]
+
+
+def _active_dataset(id_or_name: str, message: str = "Dataset not found") -> model.Package:
+    """The dataset, unless it is missing or deleted (ObjectNotFound)."""
+    package = active_dataset(id_or_name)
+    if package is None:
+        raise tk.ObjectNotFound(tk._(message))
+    return package
 
 
 @tk.side_effect_free
@@ -55,9 +69,7 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
     :rtype: dictionary
     """
     tk.check_access("archiver_dataset_show", context, data_dict)
-    package = model.Package.get(_validated_id(context, data_dict))
-    if package is None or package.state == "deleted":
-        raise tk.ObjectNotFound(tk._("Dataset not found"))
+    package = _active_dataset(_validated_id(context, data_dict))
     active = {r.id for r in package.resources}
     rows = [a for a in Archival.get_for_package(package.id)
             if a.resource_id in active]
@@ -82,32 +94,21 @@ def archiver_update(context: Context, data_dict: DataDict) -> dict[str, Any]:
         already waiting in a queue are not queued twice)
     :rtype: dictionary
     """
-    data, errors = tk.navl_validate(data_dict, schema.update_schema(), context)
-    if errors:
-        raise tk.ValidationError(errors)
+    data = _validated(context, data_dict, schema.update_schema())
     resource = model.Resource.get(data["id"])
-    package = model.Package.get(resource.package_id if resource else data["id"])
-    if package is None or package.state == "deleted":
-        raise tk.ObjectNotFound(tk._("Dataset or resource not found"))
+    package = _active_dataset(resource.package_id if resource else data["id"],
+                              "Dataset or resource not found")
     tk.check_access("archiver_update", context, {"id": package.id})
     if resource is not None:
         items = [(resource.id, package.id)]
     else:
         items = [(r.id, package.id) for r in package.resources]
-    count = queue.enqueue(items, data.get("queue") or "priority",
+    count = dispatch.enqueue(items, data.get("queue") or "priority",
                           force=bool(data.get("force")))
     return {"queued": count}
 
 
-# -- packages, notifications, statistics (packages.py, notify.py, stats.py) --
-
-def _validated(context: Context, data_dict: DataDict, schema_: dict[str, Any]
-               ) -> dict[str, Any]:
-    data, errors = tk.navl_validate(data_dict, schema_, context)
-    if errors:
-        raise tk.ValidationError(errors)
-    return data
-
+# -- zips, notifications, service figures ------------------------------------
 
 def archiver_package_request(context: Context, data_dict: DataDict) -> dict[str, Any]:
     """Ask for a zip of a dataset's archived files (and its
@@ -126,16 +127,12 @@ def archiver_package_request(context: Context, data_dict: DataDict) -> dict[str,
         the link will be sent to>}``
     :rtype: dictionary
     """
-    from ckanext.archiver import packages
-
     tk.check_access("archiver_package_request", context, data_dict)
-    package = model.Package.get(_validated_id(context, data_dict))
-    if package is None or package.state == "deleted":
-        raise tk.ObjectNotFound(tk._("Dataset not found"))
+    package = _active_dataset(_validated_id(context, data_dict))
     user = model.User.get(context.get("user") or "")
     if user is None or not user.email:
         raise tk.ValidationError({"email": [tk._("Your profile has no email address")]})
-    queued = packages.request_build(package.id, user.id)
+    queued = zips.request_build(package.id, user.id)
     return {"queued": queued, "email": user.email}
 
 
@@ -153,19 +150,13 @@ def archiver_notify_optout(context: Context, data_dict: DataDict) -> dict[str, A
         ``last_webhook_at``
     :rtype: dictionary
     """
-    from ckanext.archiver import notify
-
-    v = tk.get_validator
-    data = _validated(context, data_dict, {
-        "id": [v("not_empty"), v("unicode_safe")],
-        "opt_out": [v("default")(True), v("boolean_validator")],
-    })
+    data = _validated(context, data_dict, schema.notify_optout_schema())
     group = model.Group.get(data["id"])
     if group is None or not group.is_organization or group.state != "active":
         raise tk.ObjectNotFound(tk._("Organization not found"))
     tk.check_access("archiver_notify_optout", context, {"id": group.id})
     user = model.User.get(context.get("user") or "")
-    state = notify.set_opt_out(group.id, data["opt_out"], user.id if user else None)
+    state = set_opt_out(group.id, data["opt_out"], user.id if user else None)
     return state.as_dict()
 
 
@@ -185,13 +176,7 @@ def archiver_status(context: Context, data_dict: DataDict) -> dict[str, Any]:
     :returns: the figures (see ``ckan archiver status --json``)
     :rtype: dictionary
     """
-    from ckanext.archiver import stats
-
     tk.check_access("archiver_status", context, data_dict)
-    v = tk.get_validator
-    data = _validated(context, data_dict, {
-        "with_workers": [v("default")(True), v("boolean_validator")],
-        "hours": [v("ignore_missing"), v("natural_number_validator")],
-    })
+    data = _validated(context, data_dict, schema.status_schema())
     hours = min(int(data["hours"]), 24 * 31) if data.get("hours") else None
-    return stats.numbers(with_workers=data["with_workers"], hours=hours)
+    return figures.numbers(with_workers=data["with_workers"], hours=hours)

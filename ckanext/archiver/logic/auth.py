@@ -5,6 +5,7 @@ are doing, and nobody else."""
 from __future__ import annotations
 
 import ckan.plugins.toolkit as tk
+from ckan import model
 from ckan.types import AuthResult, Context, DataDict
 
 
@@ -36,8 +37,6 @@ def archiver_update(context: Context, data_dict: DataDict) -> AuthResult:
 def archiver_package_request(context: Context, data_dict: DataDict) -> AuthResult:
     """Who may read the dataset, logged in with an email address, may ask
     for its zip to be mailed."""
-    from ckan import model
-
     user = model.User.get(context.get("user") or "")
     if user is None or not user.email:
         return {"success": False,

@@ -1,3 +1,5 @@
+"""Every schema of the archiver's actions."""
+
 from __future__ import annotations
 
 import ckan.plugins.toolkit as tk
@@ -16,4 +18,20 @@ def update_schema() -> Schema:
         "id": [v("not_empty"), v("unicode_safe")],
         "queue": [v("ignore_missing"), v("unicode_safe"), v("one_of")(["priority", "bulk"])],
         "force": [v("ignore_missing"), v("boolean_validator")],
+    }
+
+
+def notify_optout_schema() -> Schema:
+    v = tk.get_validator
+    return {
+        "id": [v("not_empty"), v("unicode_safe")],
+        "opt_out": [v("default")(True), v("boolean_validator")],
+    }
+
+
+def status_schema() -> Schema:
+    v = tk.get_validator
+    return {
+        "with_workers": [v("default")(True), v("boolean_validator")],
+        "hours": [v("ignore_missing"), v("natural_number_validator")],
     }

@@ -1,7 +1,13 @@
-"""Tables of the archiver: ``archival`` (one row per resource),
-``archival_history`` (one row per check). The migrations also make
-``archiver_status`` (ids and texts of the statuses, for SQL users); code
+"""Tables of the archiver: ``archival`` (one row per resource, its id the
+resource's id), ``archival_history`` (one row per check). The migrations also
+make ``archiver_status`` (ids and texts of the statuses, for SQL users); code
 reads those from ``status.py``.
+
+Every read and write of the archiver's rows is in this package:
+``checks`` (a batch's rows), ``rows`` (queue marks and housekeeping),
+``report`` (the broken-links report), ``selection`` (which resources a
+command means), ``org_notify`` (digest state and changes), ``figures``
+(service figures).
 
 The tables are created by the alembic scripts in ``migration/archiver``
 (``ckan db upgrade -p archiver``); these classes only map them.
@@ -10,7 +16,6 @@ The tables are created by the alembic scripts in ``migration/archiver``
 from __future__ import annotations
 
 import datetime
-import uuid
 from typing import Any, Iterable, Optional
 
 import ckan.plugins.toolkit as tk
@@ -20,7 +25,8 @@ from sqlalchemy import Column, types
 
 from ckanext.archiver import status as st
 
-__all__ = ["Archival", "ArchivalHistory", "utcnow"]
+__all__ = ["Archival", "ArchivalHistory", "utcnow", "iso", "active_dataset", "dataset_summary",
+           "add_to_package_dict", "remove_from_package_dict", "PUBLIC_COLUMNS"]
 
 
 def utcnow() -> datetime.datetime:
@@ -28,8 +34,24 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-def _uuid() -> str:
-    return str(uuid.uuid4())
+def iso(value: Optional[datetime.datetime]) -> Optional[str]:
+    """A timestamp as the API and exports show it (None stays None)."""
+    return value.isoformat() if value else None
+
+
+def active_dataset(id_or_name: Optional[str]) -> Optional[model.Package]:
+    """The dataset (by id or name) unless it is missing or deleted: the one
+    "active dataset or not found" rule of actions, views and builds."""
+    package = model.Package.get(id_or_name) if id_or_name else None
+    if package is None or package.state == "deleted":
+        return None
+    return package
+
+
+def _resource_id(context: Any) -> str:
+    """The id of a new row: its resource's id, as every writer makes it
+    (``archival`` has one row per resource)."""
+    return context.get_current_parameters()["resource_id"]
 
 
 # Columns shown in package_show / archiver_resource_show, in this order.
@@ -50,7 +72,7 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
 
     __tablename__ = "archival"
 
-    id = Column(types.UnicodeText, primary_key=True, default=_uuid)
+    id = Column(types.UnicodeText, primary_key=True, default=_resource_id)
     package_id = Column(types.UnicodeText, nullable=False, index=True)
     resource_id = Column(types.UnicodeText, nullable=False, unique=True)
     resource_timestamp = Column(types.DateTime)

@@ -104,12 +104,6 @@ class OrgSummary:
     def broken_resources_percent(self) -> float:
         return _percent(self.broken_resources, self.resources)
 
-    def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["broken_datasets_percent"] = self.broken_datasets_percent
-        out["broken_resources_percent"] = self.broken_resources_percent
-        return out
-
 
 def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 1) if whole else 0.0

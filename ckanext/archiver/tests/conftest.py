@@ -1,8 +1,9 @@
-"""Fixtures shared by the archiver's tests.
+"""Fixtures shared by the archiver's tests (helper functions are in
+``tests/helpers.py``, test data in ``tests/factories.py``).
 
 CKAN's search index (Solr) is replaced by a no-op for the whole session,
-see ``ckanext.archiver.nosearch``: Solr cannot be installed on the machines
-this project is built on.
+see ``ckanext.archiver.testing.nosearch``: Solr cannot be installed on the
+machines this project is built on.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 
+from ckanext.archiver import config, keys
 from ckanext.archiver.testing import nosearch
+from ckanext.archiver.tests.helpers import forget_hosts
 from ckanext.archiver.tests.http_fixtures import *  # noqa: F403
+from ckanext.archiver.worker import app as worker_app
+from ckanext.archiver.worker import dispatch
 
 nosearch.install()
 
@@ -37,24 +42,6 @@ except ImportError:
         return lambda: None
 
 
-def login(app, user):
-    """Log ``user`` (a dict, or None for anonymous) into the test app's
-    session. The test client writes the session cookie for "localhost"
-    while requests go to ckan.site_url's host: copy it there. (Session
-    requests keep CSRF checks on; API-token requests skip them for good.)"""
-    from urllib.parse import urlparse
-
-    from ckan.common import config
-
-    if not hasattr(app, "set_session_user"):
-        pytest.skip("session logins in tests need CKAN 2.12's test app")
-    app.set_session_user(user["id"] if user else None)
-    if user:
-        cookie = app.client.get_cookie("ckan", domain="localhost")
-        host = urlparse(config["ckan.site_url"]).hostname
-        app.client.set_cookie("ckan", cookie.value, domain=host)
-
-
 @pytest.fixture
 def archive_dir(tmp_path, ckan_config, monkeypatch):
     """A fresh archive_dir for one test."""
@@ -64,90 +51,34 @@ def archive_dir(tmp_path, ckan_config, monkeypatch):
     return path
 
 
-def forget_hosts():
-    """Per-host politeness state of earlier tests (every test server is a
-    127.0.0.1 host: its timeouts must not make a later test skip it)."""
-    from ckan.plugins import toolkit as tk
-
-    from ckanext.archiver import queue
-
-    r = queue.redis_client()
-    keys = list(r.scan_iter(match="archiver:{}:host:*".format(tk.config.get("ckan.site_id"))))
-    if keys:
-        r.delete(*keys)
-
-
 @pytest.fixture
 def archiver_env(archive_dir, ckan_config, monkeypatch):
     """Fresh archive_dir, empty queues, fast retries; Celery app rebuilt
     from this test's config."""
-    from ckanext.archiver import celery_app, queue
-
     monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 0.1)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 0)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_min_interval", 0.0)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_concurrency", 8)
-    celery_app.reset()
-    queue._redis.clear()
-    queue.purge()
+    worker_app.reset()
+    keys.forget_clients()
+    dispatch.purge()
     forget_hosts()
     yield archive_dir
-    celery_app.reset()
-    queue._redis.clear()
+    worker_app.reset()
+    keys.forget_clients()
 
 
 @pytest.fixture
 def celery_worker(archiver_env):
     """A real Celery worker (in this process, threads pool) consuming both
     queues."""
-    from celery.contrib.testing.worker import start_worker
-    from ckan.plugins import toolkit as tk
-
-    from ckanext.archiver import celery_app
-
-    app = celery_app.get_app()
-    queues = ",".join(celery_app.queue_name(n, tk.config) for n in ("priority", "bulk"))
+    app = worker_app.get_app()
+    options = config.current()
+    queues = ",".join(options.queue_name(n) for n in config.QUEUES)
     app.amqp.queues.select(queues.split(","))
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
                       shutdown_timeout=10, loglevel="WARNING") as worker:
         yield worker
-
-
-def json_output(output):
-    """The JSON document a command printed (older click mixes log lines from
-    stderr into the test runner's output: skip to the document)."""
-    import json
-
-    start = output.index("{") if output.startswith("{") else output.index("\n{") + 1
-    return json.loads(output[start:])
-
-
-def archival_row(resource_id):
-    """The resource's archival row as the database has it now."""
-    from ckan import model
-
-    from ckanext.archiver.model import Archival
-
-    model.Session.remove()
-    return Archival.get_for_resource(resource_id)
-
-
-def checked_row(resource_id):
-    """The row once the resource has been checked at least once, else None."""
-    row = archival_row(resource_id)
-    return row if row is not None and row.status_id is not None else None
-
-
-def wait_for(predicate, timeout=20.0, interval=0.1):
-    """Poll until predicate() is truthy; return its value or fail."""
-    give_up = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -180,14 +111,10 @@ def make_ini(ckan_config, tmp_path):
 @pytest.fixture
 def subprocess_worker(archiver_env, make_ini):
     """Start `celery worker` as a real subprocess (kill/restart tests)."""
-    from ckan.plugins import toolkit as tk
-
-    from ckanext.archiver import celery_app
-
     procs = []
 
     def start(*extra, **options):
-        queues = ",".join(celery_app.queue_name(n, tk.config) for n in ("priority", "bulk"))
+        queues = ",".join(config.current().queue_name(n) for n in config.QUEUES)
         env = dict(os.environ, CKAN_INI=make_ini(**options))
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "ckanext.archiver.celery_app", "worker",

@@ -7,10 +7,10 @@ from ckan.cli.cli import ckan
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from ckanext.archiver import queue, tasks
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
-from ckanext.archiver.tests.conftest import json_output
 from ckanext.archiver.tests.factories import make_archival
+from ckanext.archiver.tests.helpers import json_output
+from ckanext.archiver.worker import batch, dispatch
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
@@ -32,7 +32,7 @@ def two_datasets(httpserver):
         {"url": httpserver.url_for("/a.csv")}, {"url": httpserver.url_for("/gone")}])
     private = factories.Dataset(owner_org=org["id"], private=True, resources=[
         {"url": httpserver.url_for("/a.csv")}])
-    queue.purge()
+    dispatch.purge()
     return org, public, private
 
 
@@ -48,12 +48,12 @@ def test_update_now_all_with_summary(run, two_datasets):
 def test_update_queues_by_org_dataset_resource(run, two_datasets):
     org, public, private = two_datasets
     assert "Queued 3 resources on bulk" in run("update", org["name"]).output
-    queue.purge()
+    dispatch.purge()
     assert "Queued 2 resources on priority" in run(
         "update", public["name"], "--queue", "priority").output
-    queue.purge()
+    dispatch.purge()
     assert "Queued 1 resources" in run("update", private["resources"][0]["id"]).output
-    assert queue.lengths() == {"priority": 0, "bulk": 1}
+    assert dispatch.lengths() == {"priority": 0, "bulk": 1}
 
 
 def test_update_group(run, two_datasets):
@@ -61,21 +61,21 @@ def test_update_group(run, two_datasets):
     group = factories.Group()
     call_action("member_create", id=group["id"], object=public["id"], object_type="package",
                 capacity="public")
-    queue.purge()
+    dispatch.purge()
     assert "Queued 2 resources" in run("update", group["name"]).output
 
 
 def test_update_stale_and_broken(run, two_datasets):
     org, public, private = two_datasets
     run("update", "--now")
-    queue.purge()
+    dispatch.purge()
     assert "Queued 0 resources" in run("update", "--stale", "1").output
     model.Session.query(Archival).filter(
         Archival.resource_id == private["resources"][0]["id"]).update(
         {"updated": utcnow().replace(year=2020)})
     model.Session.commit()
     assert "Queued 1 resources" in run("update", "--stale", "1").output
-    queue.purge()
+    dispatch.purge()
     assert "Queued 1 resources" in run("update", "--broken").output
 
 
@@ -146,15 +146,15 @@ def test_clean_status_and_cached(run, two_datasets, archive_dir):
 
 def test_purge_queues_and_init(run, two_datasets):
     org, public, private = two_datasets
-    queue.purge()
+    dispatch.purge()
     run("update")
     assert ", 1 from bulk" in run("purge-queues").output
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     assert run("init").exit_code == 0
 
 
 def test_update_now_runs_without_celery(run, two_datasets):
     # archive_batch is what --now runs; it needs no worker
     org, public, private = two_datasets
-    result = tasks.archive_batch([r["id"] for r in public["resources"]])
+    result = batch.archive_batch([r["id"] for r in public["resources"]])
     assert len(result.recorded) == 2

@@ -1,5 +1,6 @@
 """Every option is declared (default, type, example, description, legacy key)."""
 
+import dataclasses
 import logging
 import pathlib
 
@@ -7,6 +8,8 @@ import pytest
 import yaml
 from ckan.common import config_declaration
 from ckan.plugins import toolkit as tk
+
+from ckanext.archiver import config
 
 DECLARATION = pathlib.Path(__file__).parents[1] / "config_declaration.yaml"
 
@@ -50,3 +53,26 @@ def test_defaults_typed():
     assert tk.config.get("ckanext.archiver.max_content_length") == 50_000_000
     assert tk.config.get("ckanext.archiver.allow_private_networks") is False
     assert float(tk.config.get("ckanext.archiver.connect_timeout")) == 2.0  # test.ini
+
+
+def test_every_option_is_read_once_in_config_py():
+    """``config.current()`` has a typed field per declared option, and no
+    other module of the package names an option."""
+    fields = {f.name for f in dataclasses.fields(config.Options)}
+    names = {o["key"].removeprefix("ckanext.archiver.") for o in _options()}
+    assert names <= fields
+    package = DECLARATION.parent
+    readers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if "tests" not in p.parts and p.name != "config.py"
+                     and any(f'"ckanext.archiver.{n}"' in p.read_text() for n in names))
+    assert readers == []
+
+
+@pytest.mark.usefixtures("with_plugins")
+def test_options_typed(ckan_config, monkeypatch):
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.total_timeout", "12.5")
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.host_wait", "3")
+    options = config.current()
+    assert options.total_timeout == 12.5 and options.download_time_max == 15.5
+    assert options.time_limits == (75, 135)
+    assert options.queue_name("bulk") == f"{options.site_id}:bulk"

@@ -15,8 +15,6 @@ pytestmark = pytest.mark.usefixtures("with_plugins", "with_request_context")
 def test_status_words():
     assert [h.archiver_status_class(b) for b in (True, False, None)] == [
         "broken", "ok", "unsure"]
-    assert [h.archiver_status_label(b) for b in (True, False, None)] == [
-        "Broken", "OK", "Not sure"]
     assert h.archiver_status_text(12) == "Download error"
     assert h.archiver_status_text(None) == ""
     assert h.archiver_is_broken_printable(True) == "Broken"

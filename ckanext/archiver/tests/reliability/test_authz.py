@@ -27,11 +27,11 @@ from ckan import logic, model
 from ckan.common import config
 from ckan.tests import factories
 
-from ckanext.archiver import queue
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
 from ckanext.archiver.tests import factories as archiver_factories
-from ckanext.archiver.tests.conftest import login
+from ckanext.archiver.tests.helpers import login
+from ckanext.archiver.worker import dispatch
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("with_plugins", "own_broker")]
 
@@ -233,13 +233,13 @@ def _update_action_needs_edit_rights_and_post(app, site):
             assert res.status_code == 200, role
         else:
             assert res.status_code == 403, (role, res.status_code)
-    assert queue.lengths()["priority"] == 1  # the editor's; the sysadmin's was a duplicate
-    queue.purge()
+    assert dispatch.lengths()["priority"] == 1  # the editor's; the sysadmin's was a duplicate
+    dispatch.purge()
     res = app.get("/api/3/action/archiver_update", query_string={"id": site.private["id"]},
                   headers=site.headers("editor"))
     assert res.status_code in (400, 405), res.status_code
     _no_leak(res, site)
-    assert queue.lengths()["priority"] == 0
+    assert dispatch.lengths()["priority"] == 0
 
 
 def _api_post_with_a_session_needs_csrf(app, site):
@@ -250,7 +250,7 @@ def _api_post_with_a_session_needs_csrf(app, site):
     res = app.post("/api/3/action/archiver_update", json={"id": site.private["id"]})
     assert res.status_code in (400, 403), res.status_code
     _no_leak(res, site)
-    assert queue.lengths()["priority"] == 0
+    assert dispatch.lengths()["priority"] == 0
     _logout(app)
 
 
@@ -409,8 +409,8 @@ def _check_now_needs_edit_rights(app, site):
             for secret in site.secrets[1:5]:
                 assert secret not in body, (role, secret)
         expected = 1 if role in EDITORS else 0
-        assert queue.lengths()["priority"] == expected, role
-        queue.purge()
+        assert dispatch.lengths()["priority"] == expected, role
+        dispatch.purge()
 
 
 def _check_now_needs_csrf(app, site):
@@ -423,11 +423,11 @@ def _check_now_needs_csrf(app, site):
     res = app.get(url)  # not a form target for GET
     assert res.status_code in (404, 405)
     _no_leak(res, site)
-    assert queue.lengths()["priority"] == 0
+    assert dispatch.lengths()["priority"] == 0
     token = _csrf(app)
     res = app.post(url, data={"_csrf_token": token}, follow_redirects=False)
     assert res.status_code == 302
-    assert queue.lengths()["priority"] == 1
+    assert dispatch.lengths()["priority"] == 1
 
 
 # -- archiver_extra: dataset zip and metrics ------------------------------------
@@ -496,7 +496,7 @@ def test_check_now_csrf_survives_an_anonymous_request(app, site):
     assert anonymous.status_code in (400, 403)
     _login(app, site.users["editor"])
     res = app.post(url, data={}, follow_redirects=False)
-    assert queue.lengths()["priority"] == 0
+    assert dispatch.lengths()["priority"] == 0
     assert res.status_code == 400
 
 
@@ -524,7 +524,7 @@ def test_cached_copies(app, site):
 
 def test_check_now(app, site):
     _check_now_needs_csrf(app, site)  # first: before any anonymous request to it
-    queue.purge()
+    dispatch.purge()
     _check_now_needs_edit_rights(app, site)
 
 

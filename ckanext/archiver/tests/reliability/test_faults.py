@@ -24,11 +24,13 @@ from ckan import model
 from ckan.cli.cli import ckan
 from ckan.tests import factories
 
-from ckanext.archiver import celery_app, queue, tasks
+from ckanext.archiver import config, keys
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory
-from ckanext.archiver.tests.conftest import archival_row, checked_row, wait_for
+from ckanext.archiver.tests.helpers import archival_row, checked_row, wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, drip, respond, serve_bytes
+from ckanext.archiver.worker import app as worker_app
+from ckanext.archiver.worker import batch, dispatch
 
 pytestmark = [pytest.mark.reliability,
               pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")]
@@ -99,9 +101,9 @@ def test_worker_main_process_killed_mid_download(worker_factory, raw_server, arc
     and exits within a second (no orphan keeps downloading); the partial
     temp file stays in ``.tmp`` and the message stays in Redis's ``unacked``
     set. It does **not** come back within a reasonable time: the broker's
-    visibility timeout is at least 20 minutes (``celery_app.build``: longer
+    visibility timeout is at least 20 minutes (``worker.app.build``: longer
     than any retry countdown, MAX_COUNTDOWN + 300 s), and the recovery a
-    worker runs at start (``queue.requeue_lost``, also run by ``ckan
+    worker runs at start (``worker.dispatch.requeue_lost``, also run by ``ckan
     archiver update --stale``) leaves alone a row started less than the
     hard time limit ago (243 s here), since a worker may still be on it.
 
@@ -126,18 +128,18 @@ def test_worker_main_process_killed_mid_download(worker_factory, raw_server, arc
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pool), timeout=10)
 
     time.sleep(1)
-    r = queue.redis_client()
+    r = keys.client(config.current())
     assert _checked(res["id"]) is None
     assert r.hlen("unacked") == 1, "the killed worker's message is held by the broker"
-    visibility = celery_app.get_app().conf.broker_transport_options["visibility_timeout"]
+    visibility = worker_app.get_app().conf.broker_transport_options["visibility_timeout"]
     assert visibility >= 1200
-    assert queue.requeue_lost() == 0, "started less than the hard time limit ago"
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    assert dispatch.requeue_lost() == 0, "started less than the hard time limit ago"
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     assert _tmp_files(archive_dir), "the partial file is still in .tmp"
     assert len(calls) == 1
 
     # time passes: the hard time limit, then the visibility timeout
-    hard = celery_app.time_limits()[1]
+    hard = config.current().time_limits[1]
     model.Session.query(Archival).filter_by(resource_id=res["id"]).update(
         {"started_at": Archival.started_at - sa.text(f"interval '{hard + 1} seconds'")},
         synchronize_session=False)
@@ -149,7 +151,7 @@ def test_worker_main_process_killed_mid_download(worker_factory, raw_server, arc
     row = wait_for(lambda: _checked(res["id"]), timeout=30)
     assert (row.status_id, row.size, row.is_broken) == (st.ARCHIVED, 100, False)
     assert open(row.cache_filepath, "rb").read() == body
-    wait_for(lambda: r.hlen("unacked") == 0 and queue.lengths() == {"priority": 0, "bulk": 0},
+    wait_for(lambda: r.hlen("unacked") == 0 and dispatch.lengths() == {"priority": 0, "bulk": 0},
              timeout=30)
     time.sleep(0.5)
     assert "Recovered 1 queued resources lost by the broker" in second.output()
@@ -191,8 +193,8 @@ def test_pool_process_killed_while_a_handed_off_download_runs(worker_factory, ra
     worker = worker_factory("--pool=prefork", "--concurrency=1", name="handoff",
                             queues=("bulk",), **options)
     worker.wait_ready()
-    queue.purge()  # what the hook queued on priority, one by one: one bulk batch instead
-    assert queue.enqueue([(late["id"], dataset["id"])]
+    dispatch.purge()  # what the hook queued on priority, one by one: one bulk batch instead
+    assert dispatch.enqueue([(late["id"], dataset["id"])]
                          + [(r["id"], dataset["id"]) for r in others], "bulk") == 10
     wait_for(lambda: _all_checked([r["id"] for r in others]), timeout=30)
     assert _checked(late["id"]) is None and len(calls) == 1, "handed off, still hanging"
@@ -232,7 +234,7 @@ def test_redis_restarted_mid_run(worker_factory, raw_server, archive_dir, own_br
 
     First with no worker running: four resources are queued, Redis is
     restarted, and the worker started next queues them again at start
-    (``_on_worker_ready`` -> ``queue.requeue_lost``). Then while that worker
+    (``_on_worker_ready`` -> ``dispatch.requeue_lost``). Then while that worker
     is in the middle of a download with seven more resources queued behind
     it: the worker reconnects and stays up, the download in progress is
     recorded, and ``ckan archiver update --stale 7`` queues again the seven
@@ -251,10 +253,10 @@ def test_redis_restarted_mid_run(worker_factory, raw_server, archive_dir, own_br
     first = factories.Dataset(resources=[{"url": raw_server.url(f"/s{i}.csv")}
                                          for i in range(4)])
     first_ids = [r["id"] for r in first["resources"]]
-    assert queue.lengths()["priority"] == 4
+    assert dispatch.lengths()["priority"] == 4
     own_broker.kill()
     own_broker.start()
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     worker = worker_factory("--pool=prefork", "--concurrency=1", **FAST)
     worker.wait_ready()
     rows = wait_for(lambda: _all_checked(first_ids), timeout=30)
@@ -266,7 +268,7 @@ def test_redis_restarted_mid_run(worker_factory, raw_server, archive_dir, own_br
     wait_for(lambda: calls, timeout=30)
     queued = factories.Dataset(resources=[{"url": raw_server.url(f"/r{i}.csv")}
                                           for i in range(7)])
-    assert queue.lengths()["priority"] == 7
+    assert dispatch.lengths()["priority"] == 7
     own_broker.kill()
     time.sleep(0.3)
     own_broker.start()
@@ -275,7 +277,7 @@ def test_redis_restarted_mid_run(worker_factory, raw_server, archive_dir, own_br
     time.sleep(1)
     lost = [r["id"] for r in queued["resources"]]
     assert not any(_checked(rid) for rid in lost)
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     assert worker.alive()
 
     result = _cli(cli, make_ini, "update", "--stale", "7", broker_url=own_broker.url)
@@ -305,7 +307,7 @@ def test_broker_gone_when_a_download_ends_keeps_the_download(raw_server, archive
         respond(conn, 200, b"a,b\n1,2\n", {"Content-Type": "text/csv"})
 
     res = factories.Resource(url=raw_server.route("/data.csv", handler))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     row = _row(res["id"])
     assert _tmp_files(archive_dir) == []
     assert (row.status_id, row.size) == (st.ARCHIVED, 8), row.reason
@@ -318,14 +320,14 @@ def test_update_stale_while_a_worker_takes_a_resource(raw_server, own_broker, mo
     row = _row(res["id"])
     assert row.queued_at is not None
     requeued = []
-    release = queue.release
+    release = dispatch.release
 
     def release_while_cron_runs(resource_ids):
         release(resource_ids)
-        requeued.append(queue.requeue_lost())
+        requeued.append(dispatch.requeue_lost())
 
-    monkeypatch.setattr(queue, "release", release_while_cron_runs)
-    tasks.archive_batch([res["id"]], "priority", queued_at=row.queued_at.isoformat())
+    monkeypatch.setattr(dispatch, "release", release_while_cron_runs)
+    batch.archive_batch([res["id"]], "priority", queued_at=row.queued_at.isoformat())
     assert _row(res["id"]).status_id == st.ARCHIVED
     assert requeued == [0]
 
@@ -428,13 +430,13 @@ def test_quota_full_chooses_not_to_download_and_keeps_files(raw_server, archive_
 
     kept = factories.Resource(url=raw_server.route("/kept", handler))
     grows = factories.Resource(url=raw_server.route("/grows", handler))
-    tasks.archive_batch([kept["id"], grows["id"]])
+    batch.archive_batch([kept["id"], grows["id"]])
     before = {p: (archive_dir / p).stat() for p in _files(archive_dir)}
     assert len(before) == 2
 
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_archive_bytes", 1500)
     bodies["/grows"] = b"G" * 1000  # would make 2000 bytes
-    tasks.archive_batch([grows["id"]])
+    batch.archive_batch([grows["id"]])
     row = _row(grows["id"])
     assert row.status_id == st.CHOSE_NOT_TO_DOWNLOAD
     assert row.status == "Chose not to download"
@@ -449,9 +451,9 @@ def test_quota_full_chooses_not_to_download_and_keeps_files(raw_server, archive_
 def test_quota_counts_the_new_file_once(raw_server, archive_dir, ckan_config, monkeypatch):
     a = factories.Resource(url=raw_server.route("/a", serve_bytes(b"a" * 1000)))
     b = factories.Resource(url=raw_server.route("/b", serve_bytes(b"b" * 1000)))
-    tasks.archive_batch([a["id"]])
+    batch.archive_batch([a["id"]])
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_archive_bytes", 2500)
-    tasks.archive_batch([b["id"]])
+    batch.archive_batch([b["id"]])
     assert _row(b["id"]).status_id == st.ARCHIVED
 
 
@@ -485,11 +487,11 @@ def test_filesystem_really_full(raw_server, archive_dir, small_tmpfs):
     small = factories.Resource(url=raw_server.route("/small", serve_bytes(b"s" * 1000)))
     big = factories.Resource(url=raw_server.route("/big", serve_bytes(b"b" * 200_000)))
     later = factories.Resource(url=raw_server.route("/later", serve_bytes(b"l" * 2000)))
-    tasks.archive_batch([small["id"]])
+    batch.archive_batch([small["id"]])
     kept = _files(archive_dir)
     free = shutil.disk_usage(archive_dir).free
 
-    tasks.archive_batch([big["id"]])
+    batch.archive_batch([big["id"]])
     row = _row(big["id"])
     assert row.status_id in (st.CHOSE_NOT_TO_DOWNLOAD, st.SYSTEM_ERROR), row.reason
     assert row.is_broken is None
@@ -500,7 +502,7 @@ def test_filesystem_really_full(raw_server, archive_dir, small_tmpfs):
     assert _tmp_files(archive_dir) == []
     assert shutil.disk_usage(archive_dir).free == free
 
-    tasks.archive_batch([later["id"]])
+    batch.archive_batch([later["id"]])
     assert _row(later["id"]).status_id == st.ARCHIVED
     print(f"\n[faults] full filesystem: {row.status_id} {row.reason!r}")
 
@@ -508,7 +510,7 @@ def test_filesystem_really_full(raw_server, archive_dir, small_tmpfs):
 def test_file_that_fits_on_the_disk_is_kept(raw_server, archive_dir, small_tmpfs):
     small_tmpfs(archive_dir)
     mid = factories.Resource(url=raw_server.route("/mid", serve_bytes(b"m" * 36_000)))
-    tasks.archive_batch([mid["id"]])
+    batch.archive_batch([mid["id"]])
     assert _row(mid["id"]).status_id == st.ARCHIVED
 
 
@@ -525,7 +527,7 @@ def test_read_only_archive_dir_records_system_error(raw_server, archive_dir, sma
     person can read, without a traceback or a path."""
     small_tmpfs(archive_dir, "ro,size=64k")
     res = factories.Resource(url=raw_server.route("/x", serve_bytes(b"x" * 10)))
-    result = tasks.archive_batch([res["id"]])
+    result = batch.archive_batch([res["id"]])
     row = _row(res["id"])
     assert [j.resource_id for j in result.recorded] == [res["id"]]
     assert row.status_id == st.SYSTEM_ERROR and row.is_broken is None
@@ -539,7 +541,7 @@ def test_uncreatable_archive_dir_records_system_error(raw_server, tmp_path, ckan
     blocker.write_text("a regular file")
     monkeypatch.setitem(ckan_config, "ckanext.archiver.archive_dir", str(blocker / "archive"))
     res = factories.Resource(url=raw_server.route("/x", serve_bytes(b"x" * 10)))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     row = _row(res["id"])
     assert row.status_id == st.SYSTEM_ERROR and row.is_broken is None
     _assert_clean_reason(row.reason, tmp_path)

@@ -1,5 +1,5 @@
 """Hostile input: a corpus of URLs and server behaviours pushed through
-``tasks.archive_batch`` with real database rows, in a separate process
+``batch.archive_batch`` with real database rows, in a separate process
 (as a worker runs it), with the SSRF guard on.
 
 The corpus is served from 127.0.0.1 and ``allowed_networks`` is exactly
@@ -43,7 +43,7 @@ from ckan.tests import factories
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, RawServer, respond
-from ckanext.archiver.tests.reliability.conftest import write_ini
+from ckanext.archiver.tests.reliability.helpers import write_ini
 
 pytestmark = pytest.mark.reliability
 
@@ -419,7 +419,7 @@ from ckan.cli import load_config
 from ckan.config.middleware import make_app
 
 make_app(load_config(ini))
-from ckanext.archiver import tasks
+from ckanext.archiver.worker import batch
 
 def vm(name):
     with open("/proc/self/status") as f:
@@ -431,7 +431,7 @@ def vm(name):
 out = {"before_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
        "rss_before_kb": vm("VmRSS")}
 try:
-    result = tasks.archive_batch(json.load(open(ids_path)), "bulk")
+    result = batch.archive_batch(json.load(open(ids_path)), "bulk")
     out.update(recorded=len(result.recorded), skipped=len(result.skipped),
                retry=len(result.retry))
 except BaseException:

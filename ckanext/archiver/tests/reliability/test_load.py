@@ -38,18 +38,21 @@ import sqlalchemy as sa
 from ckan import model
 from ckan.common import config
 
-from ckanext.archiver import celery_app, queue
+from ckanext.archiver import keys
 from ckanext.archiver import status as st
+from ckanext.archiver.config import current as options_of
 from ckanext.archiver.model import Archival
-from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.helpers import wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, RawServer, respond
-from ckanext.archiver.tests.reliability.conftest import (
+from ckanext.archiver.tests.reliability.helpers import (
     RedisProcess,
     free_port,
     launch_worker,
     stop_worker,
     write_ini,
 )
+from ckanext.archiver.worker import app as worker_app
+from ckanext.archiver.worker import dispatch
 
 pytestmark = [pytest.mark.reliability, pytest.mark.celery]
 
@@ -127,7 +130,7 @@ def _run(items):
     ids = [rid for rid, _pid in items]
     answering = [rid for i, rid in enumerate(ids) if i % HOSTS >= HANGING]
     started = time.monotonic()
-    assert queue.enqueue(items, "bulk") == len(items)
+    assert dispatch.enqueue(items, "bulk") == len(items)
     wait_for(lambda: _checked(answering) == len(answering), timeout=max(60, N / 4),
              interval=0.05)
     answered = time.monotonic() - started
@@ -186,10 +189,10 @@ def load_run(tmp_path_factory, reset_db, migrate_db_for):
                          "ckanext.archiver.archive_dir": str(root / "archive")})
         for key, value in settings.items():
             patch.setitem(config, key, value)
-        celery_app.reset()
-        queue._redis.clear()
+        worker_app.reset()
+        keys.forget_clients()
         ini = write_ini(str(root / "load.ini"), settings)
-        names = [celery_app.queue_name("bulk", config)]
+        names = [options_of(config).queue_name("bulk")]
         workers = [launch_worker(ini, names, str(root / f"bulk{i}.log"), f"bulk{i}",
                                  ("--pool=prefork", "--concurrency=1")) for i in range(2)]
         for worker in workers:
@@ -215,8 +218,8 @@ def load_run(tmp_path_factory, reset_db, migrate_db_for):
             origin.server.stop()
         redis.kill()
         patch.undo()
-        celery_app.reset()
-        queue._redis.clear()
+        worker_app.reset()
+        keys.forget_clients()
         model.Session.remove()
         ckan.plugins.unload_all()
 

@@ -1,4 +1,4 @@
-"""Service statistics against a known state: stats.numbers, the
+"""Service statistics against a known state: figures.numbers, the
 archiver_status action, `ckan archiver status --json` and the Prometheus
 endpoint (flag and token)."""
 
@@ -15,11 +15,11 @@ from ckan.cli.cli import ckan
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from ckanext.archiver import queue, stats
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
-from ckanext.archiver.tests.conftest import json_output
 from ckanext.archiver.tests.factories import make_archival
+from ckanext.archiver.tests.helpers import json_output
+from ckanext.archiver.worker import dispatch, figures
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
@@ -30,7 +30,7 @@ MIN = datetime.timedelta(minutes=1)
 
 @pytest.fixture(autouse=True)
 def no_auto_queue(monkeypatch):
-    monkeypatch.setattr(queue, "needing_check", lambda package_id: [])
+    monkeypatch.setattr(dispatch, "needing_check", lambda package_id: [])
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def known():
 
 
 def test_numbers(known):
-    n = stats.numbers(with_workers=False, now=NOW)
+    n = figures.numbers(with_workers=False, now=NOW)
     assert n["queues"] == {"priority": 0, "bulk": 0}
     assert n["resources"] == {"total": 5, "never_checked": 1, "ok": 2, "broken": 1,
                               "not_sure": 1}
@@ -82,10 +82,10 @@ def test_numbers(known):
     assert n["oldest_unchecked"]["resource_id"] == never["id"]
     assert n["oldest_check"] == (NOW - 100 * MIN).isoformat()
     assert n["oldest_check_age_seconds"] == 6000.0
-    assert stats.numbers(with_workers=False, hours=2, now=NOW)["done"] == 4
+    assert figures.numbers(with_workers=False, hours=2, now=NOW)["done"] == 4
 
-    queue.enqueue([(never["id"], known["id"])], "bulk")
-    assert stats.numbers(with_workers=False, now=NOW)["queues"] == {"priority": 0, "bulk": 1}
+    dispatch.enqueue([(never["id"], known["id"])], "bulk")
+    assert figures.numbers(with_workers=False, now=NOW)["queues"] == {"priority": 0, "bulk": 1}
 
 
 def test_status_action_for_sysadmins_only(known, celery_worker):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ckanext.archiver import pool
+from ckanext.archiver.engine import pool
 
 
 def _work(gates):

@@ -16,8 +16,9 @@ from ckan.tests import factories
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, utcnow
 from ckanext.archiver.tests import factories as archiver_factories
-from ckanext.archiver.tests.conftest import login
+from ckanext.archiver.tests.helpers import login
 from ckanext.archiver.views import cached_copy_url
+from ckanext.archiver.worker import dispatch
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db")
 
@@ -455,9 +456,7 @@ def test_check_now_with_the_real_action(app, site):
         logic.get_action("archiver_update")
     except KeyError:
         pytest.skip("the archiver_update action is not written yet")
-    from ckanext.archiver import queue
-
-    queue.release([site.broken["id"]])  # queued when it was created
+    dispatch.release([site.broken["id"]])  # queued when it was created
     login(app, site.editor)
     body = app.get("/dataset/clinics").get_data(as_text=True)
     try:
@@ -472,4 +471,4 @@ def test_check_now_with_the_real_action(app, site):
         model.Session.expire_all()
         assert Archival.get_for_resource(site.broken["id"]).queued_at
     finally:
-        queue.purge()
+        dispatch.purge()

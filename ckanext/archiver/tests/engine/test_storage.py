@@ -10,8 +10,8 @@ import time
 import pytest
 
 from ckanext.archiver import status
+from ckanext.archiver.engine.storage import Storage, clean_filename, sanitise_filename
 from ckanext.archiver.fetch import fetch
-from ckanext.archiver.storage import Storage, clean_filename, sanitise_filename
 from ckanext.archiver.tests.http_fixtures import serve_bytes
 
 RID = "0a1b2c3d-4e5f-4a5b-8c7d-9e0f1a2b3c4d"

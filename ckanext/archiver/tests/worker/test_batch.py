@@ -7,9 +7,10 @@ from ckan import model
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from ckanext.archiver import interfaces, tasks
+from ckanext.archiver import interfaces
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory
+from ckanext.archiver.worker import batch, retry
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
@@ -33,7 +34,7 @@ def test_statuses_and_files(httpserver, archive_dir):
     bad = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/gone"))
     invalid = factories.Resource(package_id=dataset["id"], url="ftp://example.com/x")
 
-    result = tasks.archive_batch([ok["id"], bad["id"], invalid["id"]])
+    result = batch.archive_batch([ok["id"], bad["id"], invalid["id"]])
     assert result.counts() == {"archived": 1, "unchanged": 0, "broken": 2, "not sure": 0}
 
     row = _row(ok["id"])
@@ -66,10 +67,10 @@ def test_unchanged_rerun_sends_no_body_and_keeps_file(httpserver):
 
     httpserver.expect_request("/f.txt").respond_with_handler(handler)
     res = factories.Resource(url=httpserver.url_for("/f.txt"))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     first = _row(res["id"])
     path, mtime = first.cache_filepath, os.stat(first.cache_filepath).st_mtime_ns
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     second = _row(res["id"])
     assert sent == [1000, 0]
     assert second.status_id == st.UNCHANGED
@@ -86,17 +87,17 @@ def test_failures_count_up_then_reset_and_keep_cached_copy(httpserver):
 
     httpserver.expect_request("/flaky").respond_with_handler(handler)
     res = factories.Resource(url=httpserver.url_for("/flaky"))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     cached = _row(res["id"]).cache_filepath
     state["up"] = False
-    tasks.archive_batch([res["id"]], force=True)
-    tasks.archive_batch([res["id"]], force=True)
+    batch.archive_batch([res["id"]], force=True)
+    batch.archive_batch([res["id"]], force=True)
     row = _row(res["id"])
     assert (row.status_id, row.failure_count, row.cache_filepath) == (12, 2, cached)
     assert "500" in row.reason and row.first_failure < row.updated
     assert os.path.exists(cached)
     state["up"] = True
-    tasks.archive_batch([res["id"]], force=True)
+    batch.archive_batch([res["id"]], force=True)
     row = _row(res["id"])
     assert (row.is_broken, row.failure_count, row.first_failure) == (False, 0, None)
 
@@ -105,10 +106,10 @@ def test_url_change_rearchives_and_removes_old_file(httpserver, archive_dir):
     httpserver.expect_request("/one.csv").respond_with_data("1", content_type="text/csv")
     httpserver.expect_request("/two.json").respond_with_data("{}", content_type="application/json")
     res = factories.Resource(url=httpserver.url_for("/one.csv"))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     old = _row(res["id"]).cache_filepath
     call_action("resource_patch", id=res["id"], url=httpserver.url_for("/two.json"))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     row = _row(res["id"])
     assert row.cache_filepath.endswith("two.json") and not os.path.exists(old)
     assert row.url == httpserver.url_for("/two.json")
@@ -118,13 +119,13 @@ def test_url_change_rearchives_and_removes_old_file(httpserver, archive_dir):
 def test_deleted_resource_skipped_and_file_removed(httpserver, archive_dir):
     httpserver.expect_request("/a.csv").respond_with_data("1")
     res = factories.Resource(url=httpserver.url_for("/a.csv"))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     assert _files(archive_dir)
     call_action("resource_delete", id=res["id"])
     assert _files(archive_dir) == []
     row = _row(res["id"])
     assert row.cache_filepath is None and row.reason == "Resource deleted"
-    assert tasks.archive_batch([res["id"]]).skipped[0].skip_reason == \
+    assert batch.archive_batch([res["id"]]).skipped[0].skip_reason == \
         "resource deleted or missing"
 
 
@@ -132,7 +133,7 @@ def test_check_only_format_keeps_no_file(httpserver, archive_dir, ckan_config, m
     monkeypatch.setitem(ckan_config, "ckanext.archiver.check_only_formats", ["api"])
     httpserver.expect_request("/api").respond_with_data("{}", content_type="application/json")
     res = factories.Resource(url=httpserver.url_for("/api"), format="API")
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     row = _row(res["id"])
     assert row.status_id == st.CHECKED and row.cache_filepath is None
     assert _files(archive_dir) == []
@@ -142,10 +143,10 @@ def test_quota_full_keeps_existing_files(httpserver, archive_dir, ckan_config, m
     httpserver.expect_request("/small").respond_with_data("s" * 10)
     httpserver.expect_request("/big").respond_with_data("b" * 5000)
     small = factories.Resource(url=httpserver.url_for("/small"))
-    tasks.archive_batch([small["id"]])
+    batch.archive_batch([small["id"]])
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_archive_bytes", 1000)
     big = factories.Resource(url=httpserver.url_for("/big"))
-    tasks.archive_batch([big["id"]])
+    batch.archive_batch([big["id"]])
     row = _row(big["id"])
     assert row.status_id == st.CHOSE_NOT_TO_DOWNLOAD and "archive full" in row.reason
     assert row.is_broken is None
@@ -161,7 +162,7 @@ def test_upload_read_from_storage(ckan_config, tmp_path, monkeypatch):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(b"a,b\n")
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     row = _row(res["id"])
     assert (row.status_id, row.size, row.cache_filepath) == (0, 4, path)
     assert row.mimetype == "text/csv"
@@ -180,7 +181,7 @@ def test_downstream_notified_and_failing_listener_harmless(httpserver, monkeypat
     interfaces.signal("archived").connect(listener)
     interfaces.signal("package-archived").connect(listener)
     try:
-        tasks.archive_batch([res["id"]], "priority")
+        batch.archive_batch([res["id"]], "priority")
     finally:
         interfaces.signal("archived").disconnect(listener)
         interfaces.signal("package-archived").disconnect(listener)
@@ -196,16 +197,16 @@ def test_transient_failure_recorded_while_retrying(httpserver, ckan_config, monk
     httpserver.expect_request("/busy").respond_with_data(
         "busy", status=503, headers={"Retry-After": "120"})
     res = factories.Resource(url=httpserver.url_for("/busy"))
-    result = tasks.archive_batch([res["id"]])
+    result = batch.archive_batch([res["id"]])
     assert [j.resource_id for j in result.retry] == [res["id"]]
     assert result.retry[0].outcome.retry_after == 120
     row = _row(res["id"])
     assert row.status_id == st.DOWNLOAD_ERROR and row.reason.endswith("(will retry)")
     assert "503" in row.reason
-    final = tasks.archive_batch([res["id"]], attempt=2)
+    final = batch.archive_batch([res["id"]], attempt=2)
     assert final.recorded and not final.retry
     assert not _row(res["id"]).reason.endswith("(will retry)")
     monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 30.0)
-    assert 22 <= tasks.backoff(0) <= 38  # 30 s with jitter
-    assert tasks.backoff(0, retry_after=120) == 120
-    assert tasks.backoff(10) == 900  # capped below the visibility timeout
+    assert 22 <= retry.backoff(0) <= 38  # 30 s with jitter
+    assert retry.backoff(0, retry_after=120) == 120
+    assert retry.backoff(10) == 900  # capped below the visibility timeout

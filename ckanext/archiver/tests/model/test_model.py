@@ -86,3 +86,16 @@ def test_status_table_matches_status_module():
         sa.text("select id, text, is_broken from archiver_status order by id")).all()
     assert [(r.id, r.text, r.is_broken) for r in rows] == [
         (i, t, st.is_broken(i)) for i, t in sorted(st.STATUSES.items())]
+
+
+def test_a_new_row_is_keyed_by_its_resource_id():
+    """Every writer (queue marks, batches, the test factory) makes the row's
+    id its resource's id; the model's default is the same rule (it was a
+    uuid)."""
+    res = factories.Resource(url="http://example.com/id.csv")
+    model.Session.query(Archival).filter_by(resource_id=res["id"]).delete()
+    model.Session.commit()
+    row = Archival(package_id=res["package_id"], resource_id=res["id"], status_id=st.ARCHIVED)
+    model.Session.add(row)
+    model.Session.commit()
+    assert row.id == res["id"]

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis
 
-from ckanext.archiver import politeness
-from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
+from ckanext.archiver.engine import politeness
+from ckanext.archiver.engine.politeness import HostLimiter, HostNotAnswering
 
 
 @pytest.fixture

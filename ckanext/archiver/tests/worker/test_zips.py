@@ -21,11 +21,13 @@ from ckan.cli.cli import ckan
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from ckanext.archiver import interfaces, packages, queue, tasks
+from ckanext.archiver import config, interfaces, keys
 from ckanext.archiver import status as st
+from ckanext.archiver.engine import zipper
 from ckanext.archiver.model import Archival
-from ckanext.archiver.tests.conftest import login, wait_for
 from ckanext.archiver.tests.factories import make_archival
+from ckanext.archiver.tests.helpers import login, wait_for
+from ckanext.archiver.worker import batch, dispatch, services, tasks, zips
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
@@ -36,14 +38,14 @@ DEAD = "http://127.0.0.1:9/"  # never fetched (nothing is queued), and refused i
 def no_auto_queue(monkeypatch):
     """Creating resources queues nothing: these tests write the archival
     rows themselves."""
-    monkeypatch.setattr(queue, "needing_check", lambda package_id: [])
+    monkeypatch.setattr(dispatch, "needing_check", lambda package_id: [])
 
 
 def archive_file(resource, content: bytes, filename="data.csv", status_id=st.ARCHIVED,
                  **fields):
     """Keep ``content`` as the archived file of ``resource`` (as a worker
     would) and write its row."""
-    store = tasks.storage()
+    store = services.storage()
     fd, tmp = tempfile.mkstemp(dir=store.tmp_dir())
     with os.fdopen(fd, "wb") as f:
         f.write(content)
@@ -76,7 +78,7 @@ def _zip(path_or_bytes):
 
 
 def test_zip_holds_files_and_manifest(dataset, archive_dir):
-    result = packages.build(dataset["id"])
+    result = zips.build(dataset["id"])
     assert result.built
     path = result.package.path
     assert path == str(archive_dir / "packages" / dataset["id"] / "rivers.zip")
@@ -104,27 +106,27 @@ def test_zip_holds_files_and_manifest(dataset, archive_dir):
 
 
 def test_rebuilt_only_when_a_file_changes(dataset):
-    first = packages.build(dataset["id"]).package
+    first = zips.build(dataset["id"]).package
     stat = os.stat(first.path)
     # a routine re-check: same file, new status and times
     flows = dataset["resources"][0]
     make_archival(flows, st.UNCHANGED,
                   cache_filepath=Archival.get_for_resource(flows["id"]).cache_filepath,
                   size=14, sha256=hashlib.sha256(b"day,flow\n1,20\n").hexdigest())
-    again = packages.build(dataset["id"])
+    again = zips.build(dataset["id"])
     assert not again.built
     assert os.stat(first.path).st_mtime_ns == stat.st_mtime_ns
     assert os.stat(first.path).st_ino == stat.st_ino
     # the file changes: rebuilt
     archive_file(flows, b"day,flow\n1,21\n", "flows.csv")
-    changed = packages.build(dataset["id"])
+    changed = zips.build(dataset["id"])
     assert changed.built and changed.package.fingerprint != first.fingerprint
     assert _zip(changed.package.path).read("data/flows.csv") == b"day,flow\n1,21\n"
     # a link breaking changes the manifest: rebuilt too
     make_archival(dataset["resources"][1], st.URL_INVALID,
                   cache_filepath=Archival.get_for_resource(
                       dataset["resources"][1]["id"]).cache_filepath)
-    assert packages.build(dataset["id"]).built
+    assert zips.build(dataset["id"]).built
 
 
 def test_files_outside_their_place_are_left_out(dataset, tmp_path):
@@ -135,16 +137,16 @@ def test_files_outside_their_place_are_left_out(dataset, tmp_path):
     other_folder = Archival.get_for_resource(gauges["id"]).cache_filepath
     extra = factories.Resource(package_id=dataset["id"], url=DEAD + "x.csv")
     make_archival(extra, st.ARCHIVED, cache_filepath=other_folder, size=15)  # not its folder
-    names = _zip(packages.build(dataset["id"]).package.path).namelist()
+    names = _zip(zips.build(dataset["id"]).package.path).namelist()
     assert sorted(names) == ["data/data.csv", "datapackage.json"]
     with pytest.raises(ValueError):
-        packages.package_dir(tasks.storage(), "../../etc")
+        zipper.package_dir(services.storage(), "../../etc")
 
 
 def test_nothing_to_package(archive_dir):
     pkg = factories.Dataset(resources=[{"url": DEAD + "a.csv"}])
-    with pytest.raises(packages.NothingToPackage):
-        packages.build(pkg["id"])
+    with pytest.raises(zips.NothingToPackage):
+        zips.build(pkg["id"])
     assert not list(archive_dir.glob("packages/*/*.zip"))
 
 
@@ -158,8 +160,8 @@ def test_uploaded_files_are_included(ckan_config, tmp_path, monkeypatch):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(b"a,b\n")
-    tasks.archive_batch([res["id"]])  # reads the upload where CKAN keeps it
-    zf = _zip(packages.build(pkg["id"]).package.path)
+    batch.archive_batch([res["id"]])  # reads the upload where CKAN keeps it
+    zf = _zip(zips.build(pkg["id"]).package.path)
     assert zf.read("data/table.csv") == b"a,b\n"
     (entry,) = json.loads(zf.read("datapackage.json"))["resources"]
     assert entry["url"] == (f"http://test.ckan.net/dataset/{pkg['id']}/resource/{res['id']}"
@@ -169,7 +171,7 @@ def test_uploaded_files_are_included(ckan_config, tmp_path, monkeypatch):
 def test_build_failure_is_mailed(mail_server):
     user = factories.User(email="reader@example.org")
     pkg = factories.Dataset(title="Empty", resources=[{"url": DEAD + "a.csv"}])
-    assert packages.build_package(pkg["id"], user_id=user["id"]) is None  # run here
+    assert tasks.build_package(pkg["id"], user_id=user["id"]) is None  # run here
     ((_, _sender, to, message),) = mail_server.get_smtp_messages()
     assert to == ["reader@example.org"]
     assert "could not be prepared" in email.message_from_string(message)["Subject"]
@@ -185,7 +187,7 @@ def test_download_with_etag_and_range(app, dataset):
     assert 'filename="rivers.zip"' in res.headers["Content-Disposition"]
     assert sorted(_zip(res.data).namelist())[0] == "data/data.csv"
     etag = res.headers["ETag"]
-    assert packages.current(dataset["id"]).fingerprint in etag
+    assert zips.built_zip(dataset["id"]).fingerprint in etag
     assert app.get("/dataset/rivers/archive.zip",
                    headers={"If-None-Match": etag}).status_code == 304
     part = app.get("/dataset/rivers/archive.zip", headers={"Range": "bytes=0-3"})
@@ -205,7 +207,7 @@ def test_private_dataset_needs_read_permission(app, dataset):
     assert app.get(url).status_code in (403, 404)
     login(app, outsider)
     assert app.get(url).status_code in (403, 404)
-    assert packages.current(private["id"]) is None  # nothing built for them
+    assert zips.built_zip(private["id"]) is None  # nothing built for them
     login(app, member)
     res = app.get(url)
     assert res.status_code == 200 and "no-cache" in res.headers.get("Cache-Control", "")
@@ -238,14 +240,14 @@ def _mail_text(message: str) -> str:
 def package_archived_listener():
     """Connect the listener the plugin registers (ISignal), for this test."""
     signal = interfaces.signal("package-archived")
-    connected = id(packages.on_package_archived) in signal.receivers
+    connected = id(zips.on_package_archived) in signal.receivers
     if not connected:
-        signal.connect(packages.on_package_archived)
+        signal.connect(zips.on_package_archived)
     try:
         yield
     finally:
         if not connected:
-            signal.disconnect(packages.on_package_archived)
+            signal.disconnect(zips.on_package_archived)
 
 
 def test_large_dataset_mailed_when_built(app, dataset, ckan_config, monkeypatch,
@@ -253,7 +255,7 @@ def test_large_dataset_mailed_when_built(app, dataset, ckan_config, monkeypatch,
     monkeypatch.setitem(ckan_config, "ckanext.archiver.package_sync_max_bytes", 10)
     res = app.get("/dataset/rivers/archive.zip")
     assert res.status_code == 404 and "Log in" in res.get_data(as_text=True)
-    assert packages.current(dataset["id"]) is None  # nothing built while waiting
+    assert zips.built_zip(dataset["id"]) is None  # nothing built while waiting
 
     user = factories.User(email="reader@example.org")
     login(app, user)
@@ -279,7 +281,7 @@ def test_large_dataset_mailed_when_built(app, dataset, ckan_config, monkeypatch,
     text = _mail_text(message)
     assert "http://test.ckan.net/dataset/rivers/archive.zip" in text
     assert "2 files" in text
-    built = packages.current(dataset["id"])
+    built = zips.built_zip(dataset["id"])
     assert built is not None and built.members == 2
     # large but built: the zip is served
     assert app.get("/dataset/rivers/archive.zip").status_code == 200
@@ -290,13 +292,15 @@ def test_package_archived_builds_in_background(dataset, ckan_config, monkeypatch
     with package_archived_listener():
         interfaces.notify("package-archived", "bulk", package_id=dataset["id"])  # option off
         monkeypatch.setitem(ckan_config, "ckanext.archiver.package_on_archived", True)
-        assert queue.redis_client().get(packages._pending_key(dataset["id"])) is None
+        options = config.current()
+        assert keys.client(options).get(keys.package_pending(options, dataset["id"])) is None
         interfaces.notify("package-archived", "bulk", package_id=dataset["id"])
-        built = wait_for(lambda: packages.current(dataset["id"]), timeout=20)
+        built = wait_for(lambda: zips.built_zip(dataset["id"]), timeout=20)
     assert built.members == 2
     zip_stat = os.stat(built.path)
     # the pending mark is dropped when the build starts
-    wait_for(lambda: queue.redis_client().get(packages._pending_key(dataset["id"])) is None)
+    options = config.current()
+    wait_for(lambda: keys.client(options).get(keys.package_pending(options, dataset["id"])) is None)
     assert os.stat(built.path).st_mtime_ns == zip_stat.st_mtime_ns
 
 
@@ -322,10 +326,10 @@ def test_write_zip_streams_members(tmp_path):
     src.write_bytes(b"a,b\n" * 300_000)
     png = tmp_path / "x.png"
     png.write_bytes(os.urandom(1000))
-    members = [packages.Member("r1", str(src), "data/big.csv", src.stat().st_size),
-               packages.Member("r2", str(png), "data/x.png", 1000)]
+    members = [zipper.Member("r1", str(src), "data/big.csv", src.stat().st_size),
+               zipper.Member("r2", str(png), "data/x.png", 1000)]
     dest = tmp_path / "out.zip"
-    hashes = packages.write_zip(members, lambda h: json.dumps(h).encode(), str(tmp_path),
+    hashes = zipper.write_zip(members, lambda h: json.dumps(h).encode(), str(tmp_path),
                                 str(dest), compresslevel=1)
     zf = zipfile.ZipFile(dest)
     assert json.loads(zf.read("datapackage.json")) == hashes

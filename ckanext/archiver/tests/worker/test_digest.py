@@ -18,10 +18,10 @@ from ckan.tests import factories
 from ckan.tests.helpers import call_action
 from werkzeug import Response
 
-from ckanext.archiver import notify, queue
 from ckanext.archiver import status as st
-from ckanext.archiver.model import ArchivalHistory, utcnow
+from ckanext.archiver.model import ArchivalHistory, org_notify, utcnow
 from ckanext.archiver.tests.factories import make_archival
+from ckanext.archiver.worker import digest, dispatch, webhook
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env",
                                      "archiver_clean_proxy_env")
@@ -34,7 +34,7 @@ DAY = datetime.timedelta(days=1)
 
 @pytest.fixture(autouse=True)
 def no_auto_queue(monkeypatch):
-    monkeypatch.setattr(queue, "needing_check", lambda package_id: [])
+    monkeypatch.setattr(dispatch, "needing_check", lambda package_id: [])
 
 
 def checks(resource, *results):
@@ -88,7 +88,7 @@ class Site:
         checks(self.private["resources"][0], (before, False), (NOW - HOUR, True))
         checks(self.other["resources"][0], (before, False), (NOW - HOUR, True))
         for org in (self.org, self.other_org):
-            model.Session.add(notify.OrgNotify(organization_id=org["id"],
+            model.Session.add(org_notify.OrgNotify(organization_id=org["id"],
                                                last_digest_at=since, last_webhook_at=since))
         model.Session.commit()
 
@@ -110,14 +110,14 @@ def mails(mail_server):
 
 
 def test_changes_since_last_digest(site):
-    found = notify.changes(site.org["id"], NOW - 2 * DAY, NOW)
+    found = org_notify.changes(site.org["id"], NOW - 2 * DAY, NOW)
     assert [(c.resource_name, c.broken) for c in found] == [
         ("broke", True), ("fixed", False), ("new", True), ("wells", True)]
     assert found[-1].private and found[0].reason == "Server returned 404 Not Found"
 
 
 def test_digest_mailed_to_admins_once(site, mail_server):
-    results = notify.run()
+    results = digest.run()
     assert [(r.organization, r.broken, r.recovered, r.mails_sent) for r in results] == [
         ("rivers", 3, 1, 1), ("roads", 1, 0, 0)]  # roads has no admin with an email
     ((to, subject, body),) = mails(mail_server)
@@ -135,11 +135,11 @@ def test_digest_mailed_to_admins_once(site, mail_server):
     assert "http://test.ckan.net/report/broken-links/rivers" in body
     assert "archiver_notify_optout" in body
     model.Session.expire_all()
-    state = notify.OrgNotify.get(site.org["id"])
+    state = org_notify.OrgNotify.get(site.org["id"])
     assert state.last_digest_at == NOW or state.last_digest_at > NOW
     # nothing new: nothing sent
     mail_server.clear_smtp_messages()
-    assert notify.run() == []
+    assert digest.run() == []
     assert mails(mail_server) == []
 
 
@@ -152,7 +152,7 @@ def test_first_digest_covers_notify_first_days(mail_server, ckan_config, monkeyp
     old, recent = pkg["resources"]
     checks(old, (NOW - 3 * DAY, False), (NOW - 2 * DAY, True))
     checks(recent, (NOW - 3 * HOUR, True))
-    (result,) = notify.run()
+    (result,) = digest.run()
     assert (result.broken, result.recovered, result.mails_sent) == (1, 0, 1)
     ((_to, _subject, body),) = mails(mail_server)
     assert "recent" in body and " - old" not in body
@@ -163,16 +163,16 @@ def test_opt_out_by_org_admins(site, mail_server):
         call_action("archiver_notify_optout", as_user(site.editor["name"]), id="rivers")
     state = call_action("archiver_notify_optout", as_user(site.admin["name"]), id="rivers")
     assert state["opt_out"] is True and state["organization_id"] == site.org["id"]
-    assert [r.organization for r in notify.run()] == ["roads"]
+    assert [r.organization for r in digest.run()] == ["roads"]
     assert mails(mail_server) == []
     model.Session.expire_all()
-    assert notify.OrgNotify.get(site.org["id"]).last_digest_at >= NOW  # window moved on
+    assert org_notify.OrgNotify.get(site.org["id"]).last_digest_at >= NOW  # window moved on
 
     state = call_action("archiver_notify_optout", as_user(site.admin["name"]),
                         id=site.org["id"], opt_out=False)
     assert state["opt_out"] is False
     checks(site.public["resources"][2], (utcnow(), False))  # "still" is fixed now
-    notify.run()
+    digest.run()
     ((_to, subject, body),) = mails(mail_server)
     assert "0 broken, 1 fixed" in subject and "Flows - still" in body
     with pytest.raises(tk.ObjectNotFound):
@@ -181,8 +181,8 @@ def test_opt_out_by_org_admins(site, mail_server):
 
 def test_maintainers_get_their_datasets_rows(site, mail_server, ckan_config, monkeypatch):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.notify_maintainers", True)
-    monkeypatch.setattr(notify, "DIGEST_MAX_ROWS", 1)
-    notify.run(["rivers"])
+    monkeypatch.setattr(digest, "DIGEST_MAX_ROWS", 1)
+    digest.run(["rivers"])
     by_address = {tuple(to): body for to, _subject, body in mails(mail_server)}
     assert set(by_address) == {("admin@example.org",), ("keeper@example.org",)}
     admin = by_address[("admin@example.org",)]
@@ -218,9 +218,9 @@ def hook(httpserver, ckan_config, monkeypatch):
 
 
 def test_webhook_signed_and_retried_after_a_500(site, hook, mail_server):
-    notify.set_opt_out(site.org["id"], True, None)  # stops emails, not the site's webhook
+    org_notify.set_opt_out(site.org["id"], True, None)  # stops emails, not the site's webhook
     hook.statuses = [500]
-    results = {r.organization: r for r in notify.run()}
+    results = {r.organization: r for r in digest.run()}
     assert results["rivers"].webhook is True and results["roads"].webhook is True
     assert results["rivers"].opted_out and mails(mail_server) == []
     rivers_calls = [(body, headers) for body, headers in hook.calls
@@ -236,8 +236,8 @@ def test_webhook_signed_and_retried_after_a_500(site, hook, mail_server):
     assert [c["resource_name"] for c in payload["recovered"]] == ["fixed"]
     assert payload["broken"][-1]["private"] is True
     model.Session.expire_all()
-    assert notify.OrgNotify.get(site.org["id"]).last_webhook_at >= NOW
-    assert notify.sign(b"{}", "k") == "sha256=" + hmac.new(
+    assert org_notify.OrgNotify.get(site.org["id"]).last_webhook_at >= NOW
+    assert webhook.sign(b"{}", "k") == "sha256=" + hmac.new(
         b"k", b"{}", hashlib.sha256).hexdigest()
 
 
@@ -250,7 +250,7 @@ def test_webhook_failure_is_reported_again(site, hook, mail_server, cli, make_in
     assert "rivers: 3 broken, 1 fixed, 1 emails sent, webhook FAILED" in result.output
     assert len(hook.calls) == 3
     model.Session.expire_all()
-    state = notify.OrgNotify.get(site.org["id"])
+    state = org_notify.OrgNotify.get(site.org["id"])
     assert state.last_webhook_at < NOW and state.last_digest_at >= NOW
     again = cli.invoke(ckan, ["-c", ini, "archiver", "notify", "rivers"])
     assert again.exit_code == 0, again.output
@@ -260,18 +260,18 @@ def test_webhook_failure_is_reported_again(site, hook, mail_server, cli, make_in
 
 def test_webhook_goes_through_the_ssrf_guard(hook, ckan_config, monkeypatch, caplog):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.allowed_networks", [])
-    assert notify.post_webhook({"event": "test"}) is False
+    assert webhook.post_webhook({"event": "test"}) is False
     assert hook.calls == []
     monkeypatch.setitem(ckan_config, "ckanext.archiver.allowed_networks", ["127.0.0.1"])
-    assert notify.post_webhook({"event": "test"}) is True
-    assert notify.post_webhook({"event": "test"}, url="file:///etc/passwd") is False
+    assert webhook.post_webhook({"event": "test"}) is True
+    assert webhook.post_webhook({"event": "test"}, url="file:///etc/passwd") is False
 
 
 def test_one_run_at_a_time(site):
     with model.meta.engine.begin() as other:
-        other.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": notify._LOCK_KEY})
+        other.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": org_notify._LOCK_KEY})
         try:
-            with pytest.raises(notify.AlreadyRunning):
-                notify.run()
+            with pytest.raises(org_notify.AlreadyRunning):
+                digest.run()
         finally:
-            other.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": notify._LOCK_KEY})
+            other.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": org_notify._LOCK_KEY})

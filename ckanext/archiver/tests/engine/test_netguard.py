@@ -8,8 +8,8 @@ import socket
 import pytest
 import requests
 
-from ckanext.archiver import netguard
-from ckanext.archiver.netguard import (
+from ckanext.archiver.engine import netguard
+from ckanext.archiver.engine.netguard import (
     BlockedAddress,
     Guard,
     InvalidURL,

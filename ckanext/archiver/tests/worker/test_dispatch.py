@@ -10,9 +10,12 @@ from ckan import model
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from ckanext.archiver import celery_app, queue
-from ckanext.archiver.tests.conftest import archival_row, checked_row, wait_for
+from ckanext.archiver import config, keys
+from ckanext.archiver.model import checks
+from ckanext.archiver.tests.helpers import archival_row, checked_row, wait_for
 from ckanext.archiver.tests.http_fixtures import drip
+from ckanext.archiver.worker import app as worker_app
+from ckanext.archiver.worker import batch, dispatch, retry, signals, tasks
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
@@ -23,53 +26,52 @@ _checked = checked_row
 
 def test_create_enqueues_on_priority_once(httpserver):
     res = factories.Resource(url=httpserver.url_for("/a.csv"))
-    assert queue.lengths() == {"priority": 1, "bulk": 0}
-    assert queue.redis_client().get(queue.pending_key(res["id"])) == b"priority"
+    assert dispatch.lengths() == {"priority": 1, "bulk": 0}
+    options = config.current()
+    assert keys.client(options).get(keys.pending(options, res["id"])) == b"priority"
     assert _row(res["id"]).queued_at is not None
     # queuing again while it waits does nothing
-    assert queue.enqueue([(res["id"], res["package_id"])], "priority") == 0
-    assert queue.enqueue([(res["id"], res["package_id"])], "bulk") == 0
-    assert queue.lengths() == {"priority": 1, "bulk": 0}
+    assert dispatch.enqueue([(res["id"], res["package_id"])], "priority") == 0
+    assert dispatch.enqueue([(res["id"], res["package_id"])], "bulk") == 0
+    assert dispatch.lengths() == {"priority": 1, "bulk": 0}
 
 
 def test_bulk_waiting_resource_is_raised_to_priority():
     dataset = factories.Dataset()
     res = factories.Resource(package_id=dataset["id"])
-    queue.purge()
-    assert queue.enqueue([(res["id"], dataset["id"])], "bulk") == 1
-    assert queue.enqueue([(res["id"], dataset["id"])], "priority") == 1
-    assert queue.lengths() == {"priority": 1, "bulk": 1}
-    assert queue.enqueue([(res["id"], dataset["id"])], "priority") == 0
+    dispatch.purge()
+    assert dispatch.enqueue([(res["id"], dataset["id"])], "bulk") == 1
+    assert dispatch.enqueue([(res["id"], dataset["id"])], "priority") == 1
+    assert dispatch.lengths() == {"priority": 1, "bulk": 1}
+    assert dispatch.enqueue([(res["id"], dataset["id"])], "priority") == 0
 
 
 def test_metadata_only_edit_enqueues_nothing():
     res = factories.Resource(url="http://127.0.0.1:9/x.csv")
-    queue.purge()
+    dispatch.purge()
     call_action("resource_patch", id=res["id"], description="new words")
     call_action("package_patch", id=res["package_id"], notes="more words")
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     call_action("resource_patch", id=res["id"], url="http://127.0.0.1:9/y.csv")
     # still queued from creation (never checked): not queued twice
-    assert queue.lengths()["priority"] == 0
+    assert dispatch.lengths()["priority"] == 0
 
 
 def test_url_change_of_checked_resource_enqueues(httpserver):
-    from ckanext.archiver import tasks
-
     httpserver.expect_request("/a").respond_with_data("a")
     res = factories.Resource(url=httpserver.url_for("/a"))
-    tasks.archive_batch([res["id"]])
-    queue.purge()
+    batch.archive_batch([res["id"]])
+    dispatch.purge()
     call_action("resource_patch", id=res["id"], name="renamed")
-    assert queue.lengths()["priority"] == 0
+    assert dispatch.lengths()["priority"] == 0
     call_action("resource_patch", id=res["id"], url=httpserver.url_for("/b"))
-    assert queue.lengths()["priority"] == 1
+    assert dispatch.lengths()["priority"] == 1
 
 
 def test_broker_down_save_still_succeeds(ckan_config, monkeypatch, caplog):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.broker_url", "redis://127.0.0.1:1/0")
-    celery_app.reset()
-    queue._redis.clear()
+    worker_app.reset()
+    keys.forget_clients()
     dataset = factories.Dataset()
     res = call_action("resource_create", package_id=dataset["id"], url="http://example.com/x")
     assert res["id"]
@@ -90,23 +92,9 @@ def test_end_to_end_through_celery(celery_worker, httpserver, archive_dir):
     assert shown["archiver"]["is_broken"] is True
     # `update` through the bulk queue: rechecked, unchanged or 304
     before = _row(ok["id"]).updated
-    assert queue.enqueue([(ok["id"], dataset["id"])], "bulk") == 1
+    assert dispatch.enqueue([(ok["id"], dataset["id"])], "bulk") == 1
     wait_for(lambda: _row(ok["id"]).updated > before)
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
-
-
-def test_archive_package_fans_out(celery_worker, httpserver):
-    from ckanext.archiver import tasks
-
-    httpserver.expect_request("/x").respond_with_data("x")
-    dataset = factories.Dataset(resources=[{"url": httpserver.url_for("/x")}] * 3)
-    ids = [r["id"] for r in dataset["resources"]]
-    for rid in ids:
-        wait_for(lambda rid=rid: _checked(rid))
-    before = {rid: _row(rid).updated for rid in ids}
-    tasks.archive_package.delay(dataset["id"], "bulk")
-    for rid in ids:
-        wait_for(lambda rid=rid: _row(rid).updated > before[rid])
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
 
 
 @pytest.mark.celery
@@ -141,30 +129,28 @@ def test_lost_queue_entries_come_back(httpserver):
     say what was waiting, and requeue_lost (run at worker start and by
     `update --stale`) queues it again."""
     factories.Resource(url=httpserver.url_for("/x"))
-    assert queue.lengths()["priority"] == 1
-    queue.purge()  # queues and pending marks gone, as after a Redis restart
-    assert queue.lengths() == {"priority": 0, "bulk": 0}
-    assert queue.requeue_lost() == 1
-    assert queue.lengths() == {"priority": 0, "bulk": 1}
-    assert queue.requeue_lost() == 0  # waiting again: not twice
+    assert dispatch.lengths()["priority"] == 1
+    dispatch.purge()  # queues and pending marks gone, as after a Redis restart
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
+    assert dispatch.requeue_lost() == 1
+    assert dispatch.lengths() == {"priority": 0, "bulk": 1}
+    assert dispatch.requeue_lost() == 0  # waiting again: not twice
 
 
 def test_worker_start_recovers_lost_entries(httpserver):
     res = factories.Resource(url=httpserver.url_for("/x"))
-    queue.purge()
-    celery_app._on_worker_ready()
-    assert queue.lengths()["bulk"] == 1
-    assert queue.redis_client().get(queue.pending_key(res["id"])) == b"bulk"
+    dispatch.purge()
+    signals.on_worker_ready()
+    assert dispatch.lengths()["bulk"] == 1
+    assert keys.client(config.current()).get(keys.pending(config.current(), res["id"])) == b"bulk"
 
 
 def test_message_that_kills_its_worker_is_not_redelivered_forever(httpserver):
     import uuid
 
-    from ckanext.archiver import tasks
-
     res = factories.Resource(url=httpserver.url_for("/x"))
     task_id = str(uuid.uuid4())
-    for _ in range(tasks.MAX_DELIVERIES):
+    for _ in range(retry.MAX_DELIVERIES):
         assert not tasks._too_many_deliveries(task_id)
     assert tasks._too_many_deliveries(task_id)
     tasks._record_system_error([res["id"]], "System error during archival: the worker "
@@ -178,8 +164,6 @@ def test_database_unavailable_retries_then_gives_up(httpserver, monkeypatch, cka
     (max_retries times, with backoff), then fails; no crash loop."""
     import sqlalchemy as sa
 
-    from ckanext.archiver import tasks
-
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 2)
     res = factories.Resource(url=httpserver.url_for("/x"))
     calls = []
@@ -188,8 +172,8 @@ def test_database_unavailable_retries_then_gives_up(httpserver, monkeypatch, cka
         calls.append(1)
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(tasks, "_load_jobs", broken)
-    celery_app.get_app()
+    monkeypatch.setattr(checks, "load_jobs", broken)
+    worker_app.get_app()
     from celery.exceptions import Retry
 
     with pytest.raises(Retry):  # retried later, with backoff
@@ -205,13 +189,11 @@ def test_queued_only_after_the_real_commit(httpserver, monkeypatch):
     resource must be queued only once its new URL is visible to a worker."""
     import sqlalchemy as sa
 
-    from ckanext.archiver import tasks
-
     httpserver.expect_request("/v1").respond_with_data("1")
     res = factories.Resource(url=httpserver.url_for("/v1"))
-    tasks.archive_batch([res["id"]])
+    batch.archive_batch([res["id"]])
     seen = []
-    real = queue.enqueue
+    real = dispatch.enqueue
 
     def spy(items, queue_name="bulk", force=False):
         with model.meta.engine.connect() as conn:  # what a worker would read
@@ -219,7 +201,7 @@ def test_queued_only_after_the_real_commit(httpserver, monkeypatch):
                                      {"id": res["id"]}).scalar())
         return real(items, queue_name, force)
 
-    monkeypatch.setattr(queue, "enqueue", spy)
+    monkeypatch.setattr(dispatch, "enqueue", spy)
     call_action("resource_patch", id=res["id"], url=httpserver.url_for("/v2"))
     assert seen == [httpserver.url_for("/v2")]
 
@@ -227,8 +209,9 @@ def test_queued_only_after_the_real_commit(httpserver, monkeypatch):
 def test_edit_raises_never_checked_resource_waiting_on_bulk():
     dataset = factories.Dataset()
     res = factories.Resource(package_id=dataset["id"], url="http://127.0.0.1:9/a")
-    queue.purge()
-    assert queue.enqueue([(res["id"], dataset["id"])], "bulk") == 1
+    dispatch.purge()
+    assert dispatch.enqueue([(res["id"], dataset["id"])], "bulk") == 1
     call_action("package_patch", id=dataset["id"], notes="edited")
-    assert queue.redis_client().get(queue.pending_key(res["id"])) == b"priority"
-    assert queue.lengths() == {"priority": 1, "bulk": 1}
+    options = config.current()
+    assert keys.client(options).get(keys.pending(options, res["id"])) == b"priority"
+    assert dispatch.lengths() == {"priority": 1, "bulk": 1}

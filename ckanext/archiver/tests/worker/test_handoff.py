@@ -12,11 +12,14 @@ import pytest
 from ckan import model
 from ckan.tests import factories
 
-from ckanext.archiver import celery_app, interfaces, pool, queue, tasks
+from ckanext.archiver import config, interfaces, keys
 from ckanext.archiver import status as st
+from ckanext.archiver.engine import pool
 from ckanext.archiver.model import Archival, utcnow
-from ckanext.archiver.tests.conftest import wait_for
+from ckanext.archiver.tests.helpers import wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, respond
+from ckanext.archiver.worker import app as worker_app
+from ckanext.archiver.worker import batch, retry, tasks
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
 
@@ -67,7 +70,7 @@ def test_hanging_download_handed_off_and_recorded_when_it_ends(raw_server, fast,
     ids = [hanging["id"]] + [r["id"] for r in ok] + [elsewhere["id"]]
 
     started = time.monotonic()
-    result = tasks.archive_batch(ids, wait_max=30, on_late=lambda late: None)
+    result = batch.archive_batch(ids, wait_max=30, on_late=lambda late: None)
     took = time.monotonic() - started
     assert took < 0.9, f"the batch waited {took:.2f} s: longer than needed for 10 of 11"
     assert [j.resource_id for j in result.late] == [hanging["id"]]
@@ -88,7 +91,7 @@ def test_without_wait_max_the_batch_waits(raw_server, fast):
     slow = factories.Resource(url=raw_server.route("/slow", _hanging(3)))
     quick = factories.Resource(url=raw_server.route("/ok.csv", _ok))
     started = time.monotonic()
-    result = tasks.archive_batch([slow["id"], quick["id"]])
+    result = batch.archive_batch([slow["id"], quick["id"]])
     assert time.monotonic() - started >= 1
     assert result.late == [] and len(result.recorded) == 2
 
@@ -97,9 +100,9 @@ def test_handed_off_check_skips_what_was_recorded_since(raw_server):
     done = factories.Resource(url=raw_server.route("/a.csv", _ok))
     lost = factories.Resource(url=raw_server.route("/b.csv", _ok))
     handed_off = utcnow().isoformat()
-    tasks.archive_batch([done["id"]])
+    batch.archive_batch([done["id"]])
     recorded = _row(done["id"]).updated
-    result = tasks.archive_batch([done["id"], lost["id"]], force=True,
+    result = batch.archive_batch([done["id"], lost["id"]], force=True,
                                  handed_off_at=handed_off)
     assert [j.resource_id for j in result.skipped] == [done["id"]], (
         "recorded after the hand-off: skipped, even with force")
@@ -108,7 +111,7 @@ def test_handed_off_check_skips_what_was_recorded_since(raw_server):
 
 
 def _messages(queue_name):
-    raw = queue.redis_client().lrange(celery_app.queue_name(queue_name), 0, -1)
+    raw = keys.client(config.current()).lrange(config.current().queue_name(queue_name), 0, -1)
     out = []
     for message in map(json.loads, raw):
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
@@ -130,8 +133,8 @@ def test_task_queues_a_check_of_handed_off_downloads(raw_server, fast, ckan_conf
     assert args == [[hanging["id"]]]
     assert kwargs["handed_off_at"] and kwargs["queue"] == "bulk"
     delay = (datetime.datetime.fromisoformat(eta) - before).total_seconds()
-    assert delay == pytest.approx(tasks.late_check_delay(), abs=3)
-    assert tasks.late_check_delay() == 3 + 120 + 15  # total_timeout, host_wait, margin
+    assert delay == pytest.approx(retry.late_check_delay(), abs=3)
+    assert retry.late_check_delay() == 3 + 120 + 15  # total_timeout, host_wait, margin
     assert pool.drain(5) == 0
     # the late download timed out: recorded as such, and its retry queued
     # from its own thread
@@ -142,10 +145,10 @@ def test_task_queues_a_check_of_handed_off_downloads(raw_server, fast, ckan_conf
     assert retry_args == [[hanging["id"]]] and retry_kwargs["attempt"] == 1
     assert 40 < (datetime.datetime.fromisoformat(retry_eta) - before).total_seconds() < 80
     # the late check, run when it is due: nothing to do
-    result = tasks.archive_batch(args[0], "bulk", handed_off_at=kwargs["handed_off_at"])
+    result = batch.archive_batch(args[0], "bulk", handed_off_at=kwargs["handed_off_at"])
     assert [j.resource_id for j in result.skipped] == [hanging["id"]]
     monkeypatch.setitem(ckan_config, "ckanext.archiver.total_timeout", 3600)
-    assert tasks.late_check_delay() == celery_app.MAX_COUNTDOWN
+    assert retry.late_check_delay() == worker_app.MAX_COUNTDOWN
 
 
 def test_host_that_stopped_answering_is_not_tried(raw_server, fast, ckan_config,
@@ -160,11 +163,11 @@ def test_host_that_stopped_answering_is_not_tried(raw_server, fast, ckan_config,
     raw_server.default = hang
     first = [factories.Resource(url=raw_server.url(f"/first/{i}")) for i in range(2)]
     later = [factories.Resource(url=raw_server.url(f"/later/{i}")) for i in range(3)]
-    tasks.archive_batch([r["id"] for r in first])
+    batch.archive_batch([r["id"] for r in first])
     assert {_row(r["id"]).reason for r in first} == {
         "Timed out after 1 s waiting for the server to respond"}
     started = time.monotonic()
-    tasks.archive_batch([r["id"] for r in later])
+    batch.archive_batch([r["id"] for r in later])
     reasons = sorted(_row(r["id"]).reason for r in later)
     assert reasons == [
         "Not tried: 127.0.0.1 timed out on its last 2 requests or more "

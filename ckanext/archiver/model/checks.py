@@ -1,0 +1,156 @@
+"""The rows of a batch: what the worker loads before checking resources
+(``load_jobs``) and what it writes after (``save``: the ``archival`` row of
+each, and one ``archival_history`` row per check).
+
+A :class:`Job` is one resource of a batch: what the database says about it,
+then the engine's :class:`~ckanext.archiver.engine.outcome.Outcome`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from ckan import model
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from ckanext.archiver import status as st
+from ckanext.archiver.engine.outcome import Outcome, Previous
+from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
+
+__all__ = ["Job", "load_jobs", "previous_of", "row_values", "save", "mark_started",
+           "naive", "aware"]
+
+
+@dataclass
+class Job:
+    resource_id: str
+    package_id: Optional[str] = None
+    url: Optional[str] = None
+    url_type: Optional[str] = None
+    format: Optional[str] = None
+    timestamp: Optional[datetime.datetime] = None
+    active: bool = False
+    previous: Optional[dict[str, Any]] = None
+    outcome: Optional[Outcome] = None
+    cache_filepath: Optional[str] = None
+    cache_url: Optional[str] = None
+    skip_reason: Optional[str] = None
+    retry: bool = False
+
+
+def naive(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
+    if value is not None and value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def aware(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value
+
+
+def load_jobs(resource_ids: list[str]) -> list[Job]:
+    r, p = model.Resource, model.Package
+    rows = model.Session.query(
+        r.id, r.package_id, r.url, r.url_type, r.format, r.last_modified, r.created,
+        r.state, p.state,
+    ).join(p, p.id == r.package_id).filter(r.id.in_(resource_ids)).all()
+    found = {row[0]: row for row in rows}
+    previous = {a.resource_id: {c: getattr(a, c) for c in Archival.__table__.columns.keys()}
+                for a in model.Session.query(Archival).filter(
+                    Archival.resource_id.in_(resource_ids))}
+    jobs = []
+    for rid in dict.fromkeys(resource_ids):
+        row = found.get(rid)
+        job = Job(resource_id=rid, previous=previous.get(rid))
+        if row is not None:
+            (_, job.package_id, job.url, job.url_type, job.format, last_modified,
+             created, state, pkg_state) = row
+            job.timestamp = last_modified or created
+            job.active = state == "active" and pkg_state == "active"
+        jobs.append(job)
+    return jobs
+
+
+def previous_of(job: Job) -> Optional[Previous]:
+    prev = job.previous
+    if not prev or prev.get("status_id") is None:
+        return None
+    return Previous(url=prev["url"], etag=prev["etag"], last_modified=prev["last_modified"],
+                    sha256=prev["sha256"], fresh_until=aware(prev["fresh_until"]),
+                    cache_filepath=prev["cache_filepath"])
+
+
+def row_values(job: Job, now: datetime.datetime, recheck_days: int) -> dict[str, Any]:
+    out = job.outcome
+    prev = job.previous or {}
+    broken = st.is_broken(out.status_id)
+    values: dict[str, Any] = {
+        "resource_id": job.resource_id, "package_id": job.package_id,
+        "resource_timestamp": job.timestamp, "status_id": out.status_id,
+        "is_broken": broken, "reason": out.reason,
+        "url": (job.url or "").strip(), "url_redirected_to": out.url_redirected_to,
+        "http_status": out.http_status, "is_web_page": out.is_web_page,
+        "updated": now,
+        "next_check_at": now + datetime.timedelta(
+            days=recheck_days),
+    }
+    if out.status_id in (st.ARCHIVED, st.UNCHANGED, st.CHECKED):
+        values.update(cache_control=out.cache_control, fresh_until=naive(out.fresh_until),
+                      etag=out.etag, last_modified=out.last_modified)
+    if job.cache_filepath:  # a new file was stored
+        values.update(cache_filepath=job.cache_filepath, cache_url=job.cache_url,
+                      size=out.size, mimetype=out.mimetype, hash=out.hash,
+                      sha256=out.sha256)
+    elif out.status_id == st.CHECKED:
+        values.update(size=out.size, mimetype=out.mimetype)
+    elif out.status_id == st.UNCHANGED and out.mimetype and not prev.get("mimetype"):
+        values["mimetype"] = out.mimetype
+    # else: the cached copy of the last success is kept, as are its hashes
+    if broken is False:
+        values.update(last_success=now, first_failure=None, failure_count=0)
+    else:
+        values.update(first_failure=prev.get("first_failure") or now,
+                      failure_count=(prev.get("failure_count") or 0) + 1)
+    return values
+
+
+def save(jobs: list[Job], recheck_days: int) -> None:
+    """Write the rows of checked jobs and their history, in one transaction."""
+    if not jobs:
+        return
+    now = utcnow()
+    table = Archival.__table__
+    # one statement per set of columns (rows differ: a failure keeps the
+    # cached copy's columns), each run for all its rows at once
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for job in jobs:
+        values = row_values(job, now, recheck_days)
+        groups.setdefault(tuple(sorted(values)), []).append(
+            dict(values, id=job.resource_id, created=now))
+    for columns, rows in groups.items():
+        stmt = pg_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["resource_id"],
+            set_={c: stmt.excluded[c] for c in columns if c != "resource_id"})
+        model.Session.execute(stmt, rows)
+    model.Session.execute(sa.insert(ArchivalHistory.__table__), [{
+        "resource_id": job.resource_id, "package_id": job.package_id,
+        "checked_at": naive(job.outcome.checked_at) or now,
+        "status_id": job.outcome.status_id, "is_broken": st.is_broken(job.outcome.status_id),
+        "http_status": job.outcome.http_status, "duration": job.outcome.duration,
+        "bytes_received": job.outcome.bytes_received,
+    } for job in jobs])
+    model.Session.commit()
+
+
+def mark_started(jobs: list[Job]) -> None:
+    ids = [j.resource_id for j in jobs if j.previous is not None]
+    if ids:
+        model.Session.query(Archival).filter(Archival.resource_id.in_(ids)).update(
+            {"started_at": utcnow()}, synchronize_session=False)
+        model.Session.commit()

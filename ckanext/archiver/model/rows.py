@@ -1,0 +1,89 @@
+"""Queue marks and housekeeping of ``archival`` rows (beside a batch's own
+writes in ``checks``): what ``worker.dispatch`` records when it queues, what
+``forget`` and the ``clean-*`` commands change."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Sequence
+
+import sqlalchemy as sa
+from ckan import model
+
+from ckanext.archiver.model import Archival, utcnow
+
+__all__ = ["mark_queued", "lost", "forget", "delete_orphans", "clear_cache_columns",
+           "active_resource_ids", "counts"]
+
+Item = tuple[str, str]  # (resource_id, package_id)
+
+# Two arrays in one statement: far faster than a many-row VALUES list.
+_MARK_QUEUED = sa.text("""
+    INSERT INTO archival (id, resource_id, package_id, queued_at, created, failure_count)
+    SELECT rid, rid, pid, :when, :when, 0
+    FROM unnest(CAST(:rids AS text[]), CAST(:pids AS text[])) AS t(rid, pid)
+    ON CONFLICT (resource_id) DO UPDATE
+    SET queued_at = excluded.queued_at, package_id = excluded.package_id
+""")
+
+
+def mark_queued(items: Sequence[Item], when: datetime.datetime) -> None:
+    """Record queued_at (making rows for never-checked resources), on a
+    connection of its own: the caller's transaction is not touched."""
+    with model.meta.engine.begin() as conn:
+        for start in range(0, len(items), 10000):
+            chunk = items[start:start + 10000]
+            conn.execute(_MARK_QUEUED, {"rids": [rid for rid, _pid in chunk],
+                                        "pids": [pid for _rid, pid in chunk], "when": when})
+
+
+def lost(started_before: datetime.datetime) -> list[Item]:
+    """Rows queued but not checked since, and not started after
+    ``started_before`` (a worker may still be on those)."""
+    rows = model.Session.query(Archival.resource_id, Archival.package_id).filter(
+        Archival.queued_at.isnot(None),
+        Archival.queued_at > sa.func.coalesce(Archival.updated, sa.text("'epoch'")),
+        sa.or_(Archival.started_at.is_(None), Archival.started_at < started_before),
+    ).all()
+    return [(rid, pid) for rid, pid in rows]
+
+
+def forget(resource_ids: Sequence[str]) -> None:
+    """Deleted resources: their rows say so and keep no file (history is
+    kept)."""
+    table = Archival.__table__
+    with model.meta.engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.resource_id.in_(list(resource_ids))).values(
+            cache_filepath=None, cache_url=None, reason="Resource deleted", updated=utcnow()))
+
+
+def delete_orphans() -> int:
+    """Delete the rows of resources that are no longer active."""
+    r = model.Resource.__table__
+    a = Archival.__table__
+    active = sa.select(r.c.id).where(r.c.state == "active")
+    deleted = model.Session.execute(sa.delete(a).where(a.c.resource_id.notin_(active))).rowcount
+    model.Session.commit()
+    return deleted
+
+
+def active_resource_ids() -> set[str]:
+    """Ids of the active resources of active datasets."""
+    return {row[0] for row in model.Session.query(model.Resource.id).join(
+        model.Package, model.Package.id == model.Resource.package_id).filter(
+        model.Resource.state == "active", model.Package.state == "active")}
+
+
+def clear_cache_columns(keep: set[str]) -> None:
+    """Rows of resources not in ``keep`` no longer point at a file."""
+    a = Archival.__table__
+    model.Session.execute(sa.update(a).where(a.c.resource_id.notin_(keep)).values(
+        cache_filepath=None, cache_url=None))
+    model.Session.commit()
+
+
+def counts() -> tuple[int, int]:
+    """(rows, rows with a broken link)."""
+    total = model.Session.query(Archival).count()
+    broken = model.Session.query(Archival).filter(Archival.is_broken.is_(True)).count()
+    return total, broken

@@ -1,0 +1,63 @@
+"""Cached copies: ``archiver.cached_copy``
+(``/dataset/<id>/resource/<resource_id>/archive/<filename>``), served with
+the dataset's read permission."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from typing import Optional
+
+import ckan.plugins.toolkit as tk
+from ckan import model
+from flask import request
+
+from ckanext.archiver import config
+from ckanext.archiver.engine.files import inside
+from ckanext.archiver.model import Archival, active_dataset
+from ckanext.archiver.views.common import request_context, require_access, serve_archive_file
+
+__all__ = ["cached_copy"]
+
+
+def _cached_file(archival: Archival, filename: str) -> Optional[str]:
+    """The real path of the archival's cached file when it is a file inside
+    archive_dir named ``filename``; None otherwise."""
+    root = config.current().archive_dir
+    if not archival.cache_filepath or not root:
+        return None
+    root = os.path.realpath(root)
+    path = archival.cache_filepath
+    if not os.path.isabs(path):
+        path = os.path.join(root, path)
+    path = os.path.realpath(path)
+    if not inside(path, root):
+        return None
+    if os.path.basename(path) != filename or not os.path.isfile(path):
+        return None
+    return path
+
+
+def cached_copy(id: str, resource_id: str, filename: str):
+    """The cached copy of a resource, with the dataset's read permission."""
+    require_access("resource_show", request_context(), resource_id, tk._("Resource not found"),
+                   tk._("Not authorized to see this resource"))
+    resource = model.Resource.get(resource_id)
+    package = active_dataset(id)
+    if (resource is None or package is None or resource.state != "active"
+            or resource.package_id != package.id):
+        tk.abort(404, tk._("Resource not found"))
+    archival = Archival.get_for_resource(resource.id)
+    path = _cached_file(archival, filename) if archival else None
+    if path is None:
+        tk.abort(404, tk._("No cached copy of this resource"))
+
+    if package.private:
+        request.environ["__no_cache__"] = True
+    mimetype = (archival.mimetype or mimetypes.guess_type(filename)[0]
+                or "application/octet-stream")
+    response = serve_archive_file(path, mimetype, archival.sha256 or True, filename)
+    # Bytes from somebody else's server, on the portal's origin: never let
+    # a browser run them as a page of the portal.
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response

@@ -1,0 +1,166 @@
+"""One resource of a batch: its politeness slot, the engine's attempt, the
+file moved into the archive. Sets ``job.outcome`` and never raises (except
+the worker's own time limits)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
+import mimetypes
+import os
+from typing import Optional
+
+import redis
+from ckan.lib import uploader
+
+from ckanext.archiver import config, urls
+from ckanext.archiver import status as st
+from ckanext.archiver.engine.attempt import PASS_THROUGH, fetch
+from ckanext.archiver.engine.hashing import hash_file
+from ckanext.archiver.engine.outcome import Outcome
+from ckanext.archiver.engine.politeness import HostLimiter, HostNotAnswering
+from ckanext.archiver.engine.session import get_session
+from ckanext.archiver.engine.storage import Storage
+from ckanext.archiver.engine.urlnorm import url_host
+from ckanext.archiver.model.checks import Job, previous_of
+from ckanext.archiver.worker.services import fetch_settings
+
+__all__ = ["Run", "run_one", "politeness_host"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What every resource of a batch shares."""
+
+    options: config.Options
+    store: Storage
+    limiter: Optional[HostLimiter]
+    force: bool = False
+
+
+def politeness_host(url: Optional[str]) -> Optional[str]:
+    """The host whose slot a download takes: the host the engine will
+    contact (normalised, IDNA), None when the URL is not valid (the engine
+    then says what is wrong without a request)."""
+    return url_host(url)
+
+
+def _download_wanted(job: Job, options: config.Options) -> bool:
+    return (job.format or "").strip().lower() not in options.check_only_formats
+
+
+def _cache_url(job: Job, filename: str, run: Run) -> Optional[str]:
+    """``cache_url_root`` when a web server publishes archive_dir, else
+    CKAN's own cached-copy view (which checks read permission)."""
+    return run.store.cache_url(job.resource_id, filename) or urls.cached_copy_url(
+        job.package_id, job.resource_id, filename, run.options)
+
+
+def _from_upload(job: Job) -> Outcome:
+    """An uploaded file is read where CKAN keeps it, not over HTTP."""
+    path = uploader.get_resource_uploader({"id": job.resource_id, "url_type": "upload",
+                                           "url": job.url}).get_path(job.resource_id)
+    path = str(path)
+    if not os.path.isfile(path):
+        return Outcome(status_id=st.DOWNLOAD_ERROR, url=job.url or "",
+                       reason="The uploaded file is missing from CKAN's storage")
+    sha1, sha256, size = hash_file(path)
+    job.cache_filepath = path
+    job.cache_url = job.url
+    mimetype = mimetypes.guess_type(job.url or "")[0]
+    return Outcome(status_id=st.ARCHIVED, reason="Uploaded file", url=job.url or "",
+                   size=size, hash=sha1, sha256=sha256, mimetype=mimetype)
+
+
+def _take_slot(job: Job, host: str, run: Run) -> Optional[str]:
+    """A slot on ``host``, or None with ``job.outcome`` set (not tried)."""
+    limiter = run.limiter
+    assert limiter is not None
+    try:
+        token = limiter.acquire(host, timeout=run.options.host_wait)
+        reason = "Host busy: waited too long for a free slot"
+    except redis.exceptions.RedisError:
+        token, reason = None, "Queue broker unavailable (per-host limits)"
+    except HostNotAnswering:
+        job.outcome = Outcome(
+            status_id=st.REQUEST_FAILED, url=job.url or "", transient=True,
+            reason=f"Not tried: {host} timed out on its last {limiter.down_after} "
+                   "requests or more (it is tried again once a minute)")
+        return None
+    if token is None:
+        job.retry = True
+        job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",
+                              reason=reason, transient=True)
+    return token
+
+
+def run_one(job: Job, run: Run) -> None:
+    """Check one resource; sets job.outcome (never raises)."""
+    tmp_path = None
+    try:
+        if job.url_type == "upload":
+            job.outcome = _from_upload(job)
+            return
+        settings = fetch_settings(run.options, download=_download_wanted(job, run.options))
+        previous = previous_of(job)
+        host = politeness_host(job.url)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        fresh = (not run.force and previous is not None
+                 and previous.fresh_for(job.url or "", settings.download, now) is not None)
+        token = None
+        if run.limiter is not None and host and not fresh:
+            token = _take_slot(job, host, run)
+            if token is None:
+                return
+        outcome = None
+        try:
+            outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(run.store, job),
+                            force=run.force, session=get_session(settings))
+        finally:
+            if token is not None:
+                try:
+                    run.limiter.release(host, token, outcome.host_answered if outcome else None)
+                except redis.exceptions.RedisError:  # the lease expires by itself
+                    log.warning("Could not release the slot of host %s", host)
+        job.outcome = outcome
+        tmp_path = outcome.tmp_path
+        if tmp_path:
+            if not run.store.has_room(outcome.size or 0, on_disk=True):
+                outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
+                outcome.reason = "Chose not to download: archive full"
+                return
+            filename = outcome.filename or "resource"
+            job.cache_filepath = run.store.store(job.resource_id, tmp_path, filename)
+            tmp_path = None
+            job.cache_url = _cache_url(job, os.path.basename(job.cache_filepath), run)
+    except Exception as e:  # a bug or the disk: record it, do not crash the batch
+        if type(e).__name__ in PASS_THROUGH:  # the worker's time limits
+            raise
+        log.exception("Archiving resource %s failed", job.resource_id)
+        reason = f"System error during archival: {type(e).__name__}"
+        if isinstance(e, OSError) and e.errno is not None:
+            reason += f" ({os.strerror(e.errno)})"
+        job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
+    finally:
+        if tmp_path and os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        with contextlib.suppress(OSError):
+            os.rmdir(_tmp_dir(run.store, job, create=False))
+
+
+def _tmp_dir(store: Storage, job: Job, create: bool = True) -> str:
+    """A temp folder per resource: what a killed attempt left in it is
+    removed when the resource is archived again."""
+    path = os.path.join(store.tmp_dir(), hashlib.sha1(job.resource_id.encode()).hexdigest())
+    if create:
+        if os.path.isdir(path):
+            for name in os.listdir(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(path, name))
+        os.makedirs(path, exist_ok=True)
+    return path
