@@ -210,11 +210,14 @@ def clean_status():
 @archiver.command("clean-cached")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def clean_cached(dry_run: bool):
-    """Remove archived files of deleted resources (and stale temp files)."""
+    """Remove archived files of deleted resources, files no row names
+    (orphans) and stale temp files."""
     keep = {row[0] for row in model.Session.query(model.Resource.id).join(
         model.Package, model.Package.id == model.Resource.package_id).filter(
         model.Resource.state == "active", model.Package.state == "active")}
-    files, freed = tasks.storage().clean(keep, dry_run=dry_run)
+    named = {rid: path for rid, path in model.Session.query(
+        Archival.resource_id, Archival.cache_filepath) if rid in keep}
+    files, freed = tasks.storage().clean(keep, dry_run=dry_run, files=named)
     verb = "Would remove" if dry_run else "Removed"
     click.echo(f"{verb} {files} files, {freed} bytes")
     if not dry_run and files:

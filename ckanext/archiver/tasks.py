@@ -40,10 +40,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ckanext.archiver import celery_app, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
+from ckanext.archiver.engine import untrusted
 from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
 from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
-from ckanext.archiver.storage import Storage
+from ckanext.archiver.storage import Staged, Storage
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Job:
     cache_url: Optional[str] = None
     skip_reason: Optional[str] = None
     retry: bool = False
+    staged: Optional[Staged] = None  # the new file, until its row is committed
 
 
 @dataclass
@@ -294,7 +296,8 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
                 outcome.reason = "Chose not to download: archive full"
                 return
             filename = outcome.filename or "resource"
-            job.cache_filepath = store.store(job.resource_id, tmp_path, filename)
+            job.staged = store.stage(job.resource_id, tmp_path, filename)
+            job.cache_filepath = job.staged.path
             tmp_path = None
             job.cache_url = _cache_url(job, os.path.basename(job.cache_filepath), store)
     except SoftTimeLimitExceeded:
@@ -305,6 +308,7 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
         if isinstance(e, OSError) and e.errno is not None:
             reason += f" ({os.strerror(e.errno)})"
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
+        _discard_file(job, store)
     finally:
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
@@ -356,13 +360,121 @@ def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
     else:
         values.update(first_failure=prev.get("first_failure") or now,
                       failure_count=(prev.get("failure_count") or 0) + 1)
+    # the boundary for untrusted text: nothing a server sent reaches the
+    # database unchecked (one NUL byte used to lose the whole batch)
+    changed = untrusted.clean_row(values, _FROM_SERVER)
+    if changed:
+        values["reason"] = untrusted.clean((values["reason"] or "") + untrusted.note(changed),
+                                           untrusted.LIMITS["reason"])
     return values
 
 
-def _save(jobs: list[Job]) -> None:
+# columns whose value the server sent (the reason says when one was changed)
+_FROM_SERVER = ("etag", "last_modified", "cache_control", "mimetype", "url_redirected_to")
+
+
+def _save(jobs: list[Job]) -> list[Job]:
+    """Write the rows (and a history row each) of ``jobs`` and commit;
+    returns the jobs whose rows were committed.
+
+    If the batch cannot be written, its rows are written one by one, each
+    in a savepoint: a row that still fails is recorded as a system error
+    naming the cause, the others keep their real outcome. New files follow
+    their rows: kept once committed (the files they replace removed only
+    then), removed when not (the previous file stays). A database that is
+    not answering (OperationalError) is raised after rolling back."""
     if not jobs:
-        return
+        return []
     now = utcnow()
+    committed: list[Job] = []
+    try:
+        try:
+            _write_rows(jobs, now)
+            model.Session.commit()
+            committed = list(jobs)
+        except sa.exc.OperationalError:
+            model.Session.rollback()
+            raise
+        except Exception as e:  # noqa: BLE001 - any row's fault: save them one by one
+            model.Session.rollback()
+            log.warning("Saving a batch of %d results failed (%s): saving them one by one",
+                        len(jobs), _cause(e))
+            committed = _save_one_by_one(jobs, now)
+    finally:
+        _settle_files(jobs, committed)
+    return committed
+
+
+def _save_one_by_one(jobs: list[Job], now: datetime.datetime) -> list[Job]:
+    committed = []
+    for job in jobs:
+        try:
+            with model.Session.begin_nested():
+                _write_rows([job], now)
+            committed.append(job)
+            continue
+        except sa.exc.OperationalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - this row's fault
+            cause = _cause(e)
+        log.error("Could not save the result of resource %s (%s): recorded as a system error",
+                  job.resource_id, cause)
+        _discard_file(job)
+        job.outcome = Outcome(
+            status_id=st.SYSTEM_ERROR, url=job.url or "", checked_at=job.outcome.checked_at,
+            reason=f"System error during archival: the result could not be saved ({cause})")
+        try:
+            with model.Session.begin_nested():
+                _write_rows([job], now)
+            committed.append(job)
+        except sa.exc.OperationalError:
+            raise
+        except Exception:  # noqa: BLE001 - logged; the other rows are saved
+            log.exception("Could not record the system error of resource %s", job.resource_id)
+    model.Session.commit()
+    return committed
+
+
+def _cause(e: BaseException) -> str:
+    """``Type: first line of the message`` of a database error, as a
+    reason can show it (the driver's error, not SQLAlchemy's wrapper)."""
+    orig = getattr(e, "orig", None) or e
+    lines = str(orig).strip().splitlines()
+    text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+    return untrusted.clean(text, 300) or type(orig).__name__
+
+
+def _settle_files(jobs: list[Job], committed: list[Job]) -> None:
+    """Keep the new files of committed rows (removing what they replace),
+    remove those of rows not committed."""
+    done = {id(job) for job in committed}
+    for job in jobs:
+        if job.staged is None:
+            continue
+        if id(job) in done:
+            try:
+                storage().keep(job.staged)
+            except (OSError, ValueError):  # an orphan: clean-cached removes it
+                log.exception("Could not remove the replaced files of resource %s",
+                              job.resource_id)
+            job.staged = None
+        else:
+            _discard_file(job)
+
+
+def _discard_file(job: Job, store: Optional[Storage] = None) -> None:
+    """The new file of ``job`` goes; the row keeps naming the previous one."""
+    if job.staged is None:
+        return
+    try:
+        (store or storage()).discard(job.staged)
+    except (OSError, ValueError):
+        log.exception("Could not remove the new file of resource %s", job.resource_id)
+    job.staged = None
+    job.cache_filepath = job.cache_url = None
+
+
+def _write_rows(jobs: list[Job], now: datetime.datetime) -> None:
     table = Archival.__table__
     # one statement per set of columns (rows differ: a failure keeps the
     # cached copy's columns), each run for all its rows at once
@@ -384,7 +496,6 @@ def _save(jobs: list[Job]) -> None:
         "http_status": job.outcome.http_status, "duration": job.outcome.duration,
         "bytes_received": job.outcome.bytes_received,
     } for job in jobs])
-    model.Session.commit()
 
 
 def _mark_started(jobs: list[Job]) -> None:
@@ -459,9 +570,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     result.recorded, result.retry = _split(done, attempt, max_retries)
     result.late = late
     # every attempt is recorded, so the page says what happened last; only
-    # final results are announced downstream
-    _save(result.recorded + result.retry)
-    _notify(result.recorded, queue_name, packages={
+    # final results whose rows were committed are announced downstream
+    saved = {id(job) for job in _save(result.recorded + result.retry)}
+    _notify([job for job in result.recorded if id(job) in saved], queue_name, packages={
         job.package_id for job in result.recorded} - {job.package_id for job in late})
     if late:
         late_batch.handed_off(result.recorded, late)
@@ -500,10 +611,11 @@ class _LateBatch:
         try:
             result = BatchResult()
             result.recorded, result.retry = _split([job], self.attempt, self.max_retries)
-            _save(result.recorded + result.retry)
-            _notify(result.recorded, self.queue_name, packages=set())
+            saved = {id(j) for j in _save(result.recorded + result.retry)}
+            announced = [j for j in result.recorded if id(j) in saved]
+            _notify(announced, self.queue_name, packages=set())
             with self.lock:
-                self.final += result.recorded
+                self.final += announced
                 self.finished += 1
                 complete = self.late is not None and self.finished == len(self.late)
             if complete:
