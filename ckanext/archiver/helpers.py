@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import urllib.parse
 from typing import Any, Optional, Sequence
 
 import ckan.plugins.toolkit as tk
@@ -64,8 +65,8 @@ def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
     url = info.get("cache_url")
     if not path and not url:
         return None
-    filename = os.path.basename(path) if path else url.rstrip("/").rsplit(
-        "/", 1)[-1]
+    filename = os.path.basename(path) if path else urllib.parse.unquote(
+        url.rstrip("/").rsplit("/", 1)[-1])
     if not url:
         url = tk.h.url_for("archiver.cached_copy", id=pkg.get("name") or
                            pkg["id"], resource_id=res["id"], filename=filename)

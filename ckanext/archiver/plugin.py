@@ -15,6 +15,7 @@ from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
 from ckanext.archiver import packages, queue
+from ckanext.archiver.logic.visibility import show_cache_filepath
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class ArchiverPlugin(p.SingletonPlugin):
     # IPackageController
 
     def after_dataset_show(self, context: Context, pkg_dict: dict[str, Any]):
-        archiver_model.add_to_package_dict(pkg_dict)
+        archiver_model.add_to_package_dict(pkg_dict, show_cache_filepath(context))
 
     def after_dataset_create(self, context: Context, pkg_dict: dict[str, Any]):
         self._queue_changed(pkg_dict)
