@@ -320,7 +320,7 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
         elif not dry_run:
             parts.append(f"{r.mails_sent} emails sent")
             if r.mails_failed:
-                parts.append(f"{r.mails_failed} failed")
+                parts.append(f"{r.mails_failed} failed ({r.mail_error})")
         if r.webhook is not None:
             parts.append("webhook " + ("delivered" if r.webhook else "FAILED"))
         click.echo(f"{r.organization}: " + ", ".join(parts))

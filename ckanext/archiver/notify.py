@@ -224,10 +224,21 @@ def _admins(org_id: str) -> list[model.User]:
         u.email != "").order_by(u.name).all()
 
 
+def mail_failure(e: BaseException) -> str:
+    """Why a mail could not be sent, in one line. CKAN's mailer raises more
+    than MailerException: with ``smtp.mail_from`` unset, an AttributeError
+    from deep inside it."""
+    if not tk.config.get("smtp.mail_from"):
+        return "smtp.mail_from is not set"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def _send_digest(org: model.Group, found: list[Change], since: datetime.datetime,
-                 until: datetime.datetime) -> tuple[int, int]:
-    """Mail the digest; returns (mails sent, mails failed)."""
-    from ckan.lib.mailer import MailerException, mail_recipient
+                 until: datetime.datetime) -> tuple[int, int, Optional[str]]:
+    """Mail the digest; returns (mails sent, mails failed, why the last
+    failed)."""
+    from ckan.lib.mailer import mail_recipient
 
     recipients: list[tuple[str, str, list[Change], bool]] = [
         (user.display_name, user.email, found, True) for user in _admins(org.id)]
@@ -240,6 +251,7 @@ def _send_digest(org: model.Group, found: list[Change], since: datetime.datetime
                 by_maintainer.setdefault(email, []).append(change)
         recipients += [(email, email, rows, False) for email, rows in by_maintainer.items()]
     sent = failed = 0
+    error: Optional[str] = None
     report_url = tk.url_for("archiver.report_org", org=org.name, qualified=True)
     for name, email, rows, is_admin in recipients:
         extra = {
@@ -254,10 +266,11 @@ def _send_digest(org: model.Group, found: list[Change], since: datetime.datetime
         try:
             mail_recipient(name, email, subject, body)
             sent += 1
-        except MailerException:
-            log.exception("Could not send the link digest of %s to %s", org.name, email)
+        except Exception as e:  # noqa: BLE001 - any mail failure: counted, one line
+            error = mail_failure(e)
+            log.error("Could not send the link digest of %s to %s: %s", org.name, email, error)
             failed += 1
-    return sent, failed
+    return sent, failed, error
 
 
 # ---------------------------------------------------------------------------
@@ -372,6 +385,7 @@ class OrgResult:
     recovered: int = 0
     mails_sent: int = 0
     mails_failed: int = 0
+    mail_error: Optional[str] = None  # why the last mail failed
     opted_out: bool = False
     webhook: Optional[bool] = None  # None: not called
 
@@ -435,7 +449,7 @@ def _run_org(org: model.Group, until: datetime.datetime, first: datetime.datetim
         result.broken = sum(1 for c in found if c.broken)
         result.recovered = len(found) - result.broken
         if found and not dry_run:
-            result.mails_sent, result.mails_failed = _send_digest(
+            result.mails_sent, result.mails_failed, result.mail_error = _send_digest(
                 org, found, digest_since, until)
             digest_done = result.mails_sent > 0 or result.mails_failed == 0
     webhook_done = False

@@ -186,6 +186,20 @@ def _source_path(resource: model.Resource, archival: Optional[Archival],
     return path if os.path.isfile(path) else None
 
 
+_NOT_A_WEB_URL = "The link is not an http(s) URL: it is left out of this manifest"
+
+
+def _web_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (what a manifest path may be,
+    besides a member of the zip)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        return False
+    return (parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+            and url == url.strip() and url.isprintable())
+
+
 def _arcname(filename: str, resource_id: str, taken: set[str]) -> str:
     name = sanitise_filename(filename, default=resource_id)
     for candidate in (name, f"{resource_id[:8]}-{name}", f"{resource_id}-{name}"):
@@ -215,11 +229,12 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
             url = tk.url_for(f"{package.type or 'dataset'}_resource.download", id=package.id,
                              resource_id=res.id, filename=url, qualified=True)
         status_id = a.status_id if a else None
+        link = url if _web_url(url) else None
         entry: dict[str, Any] = {
             "name": res.id,
             "title": res.name or None,
-            "path": url,
-            "url": url,
+            "path": link,
+            "url": link,
             "format": res.format or None,
             "archiver": {
                 "resource_id": res.id,
@@ -232,6 +247,10 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
                 "last_success": _iso(a.last_success) if a else None,
             },
         }
+        if link is None:  # never a local path or "..": the manifest's path is
+            # a member of the zip or an http(s) URL (Data Package spec)
+            del entry["path"], entry["url"]
+            entry["archiver"]["note"] = _NOT_A_WEB_URL
         member_key: Any = None
         if source is not None:
             size = os.path.getsize(source)
@@ -544,15 +563,18 @@ def package_url(package: model.Package) -> str:
 
 
 def _mail_user(user_id: str, package_id: str, result: Optional[BuildResult],
-               error: Optional[str]) -> None:
-    from ckan.lib.mailer import MailerException, mail_recipient
+               error: Optional[str]) -> bool:
+    """Mail the user a link (or why there is none); returns whether a mail
+    went. A mail failure is logged as one line, never raised: the zip is
+    built already."""
+    from ckan.lib.mailer import mail_recipient
 
-    from ckanext.archiver.notify import render_email
+    from ckanext.archiver.notify import mail_failure, render_email
 
     user = model.User.get(user_id)
     package = model.Package.get(package_id)
     if user is None or not user.email or package is None:
-        return
+        return False
     extra = {
         "user": user, "package": package, "dataset_url": package_page_url(package),
         "site_title": tk.config.get("ckan.site_title"),
@@ -565,8 +587,11 @@ def _mail_user(user_id: str, package_id: str, result: Optional[BuildResult],
     body = render_email("archiver/extra/package_ready_email.txt", extra)
     try:
         mail_recipient(user.display_name, user.email, subject, body)
-    except MailerException:
-        log.exception("Could not mail %s about the package of %s", user.name, package.name)
+    except Exception as e:  # noqa: BLE001 - any mail failure: one line
+        log.error("Could not mail %s about the package of %s: %s", user.name, package.name,
+                  mail_failure(e))
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------
