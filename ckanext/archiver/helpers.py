@@ -61,7 +61,8 @@ def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
     info = info or res.get("archiver") or {}
     if res.get("url_type") == "upload":
         return None  # the "copy" of an uploaded file is the file itself
-    path = info.get("cache_filepath")
+    # cache_filepath for sysadmins, cache_filename for other readers
+    path = info.get("cache_filepath") or info.get("cache_filename")
     url = info.get("cache_url")
     if not path and not url:
         return None

@@ -112,9 +112,13 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
         return st.is_broken_printable(self.is_broken)
 
     def as_dict(self, show_path: bool = True) -> dict[str, Any]:
-        """The row as the API shows it (no ids; dates in ISO format);
-        without ``cache_filepath`` unless ``show_path``."""
+        """The row as the API shows it (no ids; dates in ISO format).
+        Unless ``show_path``, ``cache_filepath`` (the server's path) is left
+        out and ``cache_filename`` (its last part) given instead."""
         out: dict[str, Any] = {}
+        if not show_path:
+            out["cache_filename"] = (self.cache_filepath or "").replace(
+                "\\", "/").rsplit("/", 1)[-1] or None
         for name in PUBLIC_COLUMNS:
             if name == "cache_filepath" and not show_path:
                 continue

@@ -32,6 +32,7 @@ def _seen(user, dataset, res):
                  "resources"][0]]
     for info in shown:
         assert info["cache_url"] == "https://x/archive/data.csv"
+        assert info.get("cache_filename", "data.csv") == "data.csv"
     return [info.get("cache_filepath") for info in shown]
 
 
