@@ -326,6 +326,7 @@ class Storage:
         """Files of a kept resource's folder older than ``cutoff`` that its
         row (naming ``named``) does not name."""
         count = freed = 0
+        named = os.path.realpath(named) if named else None  # rows may name it via a symlink
         for entry in _scandir(self._resource_dir(resource_id)):
             if named and entry.path == named:
                 continue
