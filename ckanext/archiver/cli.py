@@ -208,9 +208,10 @@ def clean_status():
 @archiver.command("clean-cached")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def clean_cached(dry_run: bool):
-    """Remove archived files of deleted resources (and stale temp files)."""
+    """Remove archived files of deleted resources, files no row names
+    (orphans) and stale temp files."""
     keep = rows.active_resource_ids()
-    files, freed = storage().clean(keep, dry_run=dry_run)
+    files, freed = storage().clean(keep, dry_run=dry_run, files=rows.named_files(keep))
     verb = "Would remove" if dry_run else "Removed"
     click.echo(f"{verb} {files} files, {freed} bytes")
     if not dry_run and files:
@@ -306,7 +307,7 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
         elif not dry_run:
             parts.append(f"{r.mails_sent} emails sent")
             if r.mails_failed:
-                parts.append(f"{r.mails_failed} failed")
+                parts.append(f"{r.mails_failed} failed ({r.mail_error})")
         if r.webhook is not None:
             parts.append("webhook " + ("delivered" if r.webhook else "FAILED"))
         click.echo(f"{r.organization}: " + ", ".join(parts))

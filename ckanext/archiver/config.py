@@ -87,12 +87,15 @@ class Options:
     stats_hours: int
     metrics_enabled: bool
     metrics_token: str
+    # who sees what
+    show_cache_filepath: bool
     # core options the archiver uses
     site_id: str
     site_url: str
     site_title: Optional[str]
     root_path: str
     allow_dataset_collaborators: bool
+    smtp_mail_from: Optional[str]
 
     # -- derived values ------------------------------------------------------
 
@@ -180,11 +183,13 @@ def current(cfg: Any = None) -> Options:
         stats_hours=int(get("stats_hours")),
         metrics_enabled=bool(get("metrics_enabled")),
         metrics_token=get("metrics_token") or "",
+        show_cache_filepath=bool(get("show_cache_filepath")),
         site_id=c.get("ckan.site_id"),
         site_url=c.get("ckan.site_url") or "",
         site_title=c.get("ckan.site_title"),
         root_path=c.get("ckan.root_path") or "",
         allow_dataset_collaborators=bool(c.get("ckan.auth.allow_dataset_collaborators")),
+        smtp_mail_from=c.get("smtp.mail_from") or None,
     )
 
 

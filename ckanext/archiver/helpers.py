@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import urllib.parse
 from typing import Any, Optional, Sequence
 
 import ckan.plugins.toolkit as tk
@@ -54,12 +55,13 @@ def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
     info = info or res.get("archiver") or {}
     if res.get("url_type") == "upload":
         return None  # the "copy" of an uploaded file is the file itself
-    path = info.get("cache_filepath")
+    # cache_filepath for sysadmins, cache_filename for other readers
+    path = info.get("cache_filepath") or info.get("cache_filename")
     url = info.get("cache_url")
     if not path and not url:
         return None
-    filename = os.path.basename(path) if path else url.rstrip("/").rsplit(
-        "/", 1)[-1]
+    filename = os.path.basename(path) if path else urllib.parse.unquote(
+        url.rstrip("/").rsplit("/", 1)[-1])
     if not url:
         url = tk.h.url_for("archiver.cached_copy", id=pkg.get("name") or
                            pkg["id"], resource_id=res["id"], filename=filename)

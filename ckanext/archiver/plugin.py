@@ -18,6 +18,7 @@ from ckan.common import CKANConfig
 from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
+from ckanext.archiver.logic.visibility import show_cache_filepath
 from ckanext.archiver.worker import dispatch, zips
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class ArchiverPlugin(p.SingletonPlugin):
     # IPackageController
 
     def after_dataset_show(self, context: Context, pkg_dict: dict[str, Any]):
-        archiver_model.add_to_package_dict(pkg_dict)
+        archiver_model.add_to_package_dict(pkg_dict, show_cache_filepath(context))
 
     def after_dataset_create(self, context: Context, pkg_dict: dict[str, Any]):
         self._queue_changed(pkg_dict)

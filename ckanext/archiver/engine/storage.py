@@ -15,6 +15,8 @@ included).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -27,9 +29,10 @@ from urllib.parse import quote
 
 from ckanext.archiver.engine.files import fsync_dir, fsync_file, inside
 
-__all__ = ["Storage", "clean_filename", "sanitise_filename"]
+__all__ = ["Staged", "Storage", "clean_filename", "sanitise_filename"]
 
 TMP_DIRNAME = ".tmp"
+PREVIOUS_SUFFIX = ".previous"
 STALE_TMP_SECONDS = 3600
 _USED_BYTES_TTL = 60.0
 
@@ -71,6 +74,15 @@ def _truncate(name: str, max_bytes: int) -> str:
     budget = max_bytes - len(ext.encode("utf-8"))
     stem = stem.encode("utf-8")[:budget].decode("utf-8", "ignore").rstrip(" .")
     return (stem or "resource") + ext
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """A new file moved into place, its row not yet committed."""
+
+    resource_id: str
+    path: str
+    backup: Optional[str] = None  # the previous file of the same name, kept aside
 
 
 class Storage:
@@ -137,9 +149,22 @@ class Storage:
     # -- writing ---------------------------------------------------------
 
     def store(self, resource_id: str, tmp_path: str, filename: str) -> str:
-        """Move ``tmp_path`` into place for the resource and return the final
-        path. The data is fsync'ed, the rename is atomic, and the resource's
-        other files (an old filename) are removed afterwards."""
+        """Move ``tmp_path`` into place for the resource, remove its other
+        files (an old filename) and return the final path: :meth:`stage`
+        then :meth:`keep` at once, for callers with no row to commit."""
+        staged = self.stage(resource_id, tmp_path, filename)
+        self.keep(staged)
+        return staged.path
+
+    def stage(self, resource_id: str, tmp_path: str, filename: str) -> Staged:
+        """Move ``tmp_path`` into place for the resource; the resource's
+        previous file stays until :meth:`keep` (the row naming the new file
+        is committed) or comes back with :meth:`discard` (it was not).
+
+        The data is fsync'ed and the rename is atomic. When the new file has
+        the previous one's name, the previous one is kept as a hard link
+        named ``.<filename>.previous`` (never a name :func:`clean_filename`
+        gives, so never an archived file's name)."""
         path = self.path_for(resource_id, filename)
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
@@ -151,10 +176,18 @@ class Storage:
         finally:
             os.close(fd)
         os.chmod(tmp_path, 0o644)  # temp files are 0600; the web server must read it
+        backup = None
+        if os.path.lexists(path):
+            backup = os.path.join(folder, f".{filename}{PREVIOUS_SUFFIX}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup)
+            os.link(path, backup)
         try:
             os.replace(tmp_path, path)
         except OSError as e:
             if e.errno != errno.EXDEV:
+                if backup:
+                    os.unlink(backup)
                 raise
             staging = path + ".incoming"  # different filesystem: copy, then rename
             shutil.copyfile(tmp_path, staging)
@@ -162,12 +195,30 @@ class Storage:
             os.replace(staging, path)
             os.unlink(tmp_path)
         fsync_dir(folder)
+        self._adjust_used(size)
+        return Staged(resource_id, path, backup)
+
+    def keep(self, staged: Staged) -> None:
+        """The row naming ``staged.path`` is committed: remove the
+        resource's other files (its previous file among them)."""
+        folder, name = os.path.split(staged.path)
         freed = 0
-        for entry in os.scandir(folder):
-            if entry.name != filename:
+        for entry in _scandir(folder):
+            if entry.name != name:
                 freed += _remove_entry(entry)[1]
-        self._adjust_used(size - freed)
-        return path
+        self._adjust_used(-freed)
+
+    def discard(self, staged: Staged) -> None:
+        """The row naming ``staged.path`` was not committed: remove the new
+        file and put the previous one back where the row still names it."""
+        freed = _size_of(staged.path)
+        if staged.backup and os.path.lexists(staged.backup):
+            os.replace(staged.backup, staged.path)
+            freed = max(freed - _size_of(staged.path), 0)
+        elif not staged.backup:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.path)
+        self._adjust_used(-freed)
 
     def remove(self, resource_id: str) -> int:
         """Delete the resource's folder; returns the bytes freed."""
@@ -230,24 +281,34 @@ class Storage:
                     yield folder.name
 
     def clean(
-        self, keep: Union[Callable[[str], bool], set, frozenset], dry_run: bool = False
+        self, keep: Union[Callable[[str], bool], set, frozenset], dry_run: bool = False,
+        files: Optional[dict] = None,
     ) -> tuple:
         """Remove the folders of resources not in ``keep`` (a set of ids or a
         predicate) and temp files older than an hour.
+
+        ``files`` (resource id -> the path its row names, or None): in the
+        folders of kept resources listed there, files older than an hour
+        that the row does not name are orphans (left by a worker that died
+        between committing a row and removing the file it replaced) and are
+        removed too.
 
         :returns: ``(files_removed, bytes_freed)`` (what would be removed when
             ``dry_run``).
         """
         wanted = keep if callable(keep) else (lambda rid: rid in keep)
-        files = freed = 0
+        count = freed = 0
+        cutoff = time.time() - STALE_TMP_SECONDS
         for rid in list(self.resource_ids()):
             if wanted(rid):
+                if files is not None and rid in files:
+                    n, size = self._remove_orphans(rid, files[rid], cutoff, dry_run)
+                    count, freed = count + n, freed + size
                 continue
             n, size = _tree_size(self._resource_dir(rid), count=True)
             if not dry_run:
                 self.remove(rid)
-            files, freed = files + n, freed + size
-        cutoff = time.time() - STALE_TMP_SECONDS
+            count, freed = count + n, freed + size
         for entry in _scandir(os.path.join(self.archive_dir, TMP_DIRNAME)):
             try:
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
@@ -257,10 +318,31 @@ class Storage:
             n, size = _tree_size(entry.path, count=True) if entry.is_dir() else (1, _size(entry))
             if not dry_run:
                 _remove_entry(entry)
-            files, freed = files + n, freed + size
+            count, freed = count + n, freed + size
         if not dry_run:
             self._adjust_used(-freed)
-        return files, freed
+        return count, freed
+
+    def _remove_orphans(self, resource_id: str, named: Optional[str], cutoff: float,
+                        dry_run: bool) -> tuple:
+        """Files of a kept resource's folder older than ``cutoff`` that its
+        row (naming ``named``) does not name."""
+        count = freed = 0
+        named = os.path.realpath(named) if named else None  # rows may name it via a symlink
+        for entry in _scandir(self._resource_dir(resource_id)):
+            if named and entry.path == named:
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue  # perhaps a download being recorded right now
+            except FileNotFoundError:
+                continue
+            n, size = _tree_size(entry.path, count=True) if entry.is_dir(
+                follow_symlinks=False) else (1, _size(entry))
+            if not dry_run:
+                _remove_entry(entry)
+            count, freed = count + n, freed + size
+        return count, freed
 
 
 # -- helpers -------------------------------------------------------------
@@ -271,6 +353,13 @@ def _scandir(path: str) -> list:
         return list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _size_of(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _size(entry: os.DirEntry) -> int:

@@ -9,6 +9,7 @@ from ckan import model
 from ckan.types import Context, DataDict
 
 from ckanext.archiver.logic import schema
+from ckanext.archiver.logic.visibility import show_cache_filepath
 from ckanext.archiver.model import Archival, active_dataset, dataset_summary
 from ckanext.archiver.model.org_notify import set_opt_out
 from ckanext.archiver.worker import dispatch, figures, zips
@@ -52,7 +53,8 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, A
     archival = Archival.get_for_resource(resource_id)
     if archival is None:
         raise tk.ObjectNotFound(tk._("This resource has not been checked yet"))
-    return dict(archival.as_dict(), resource_id=archival.resource_id,
+    return dict(archival.as_dict(show_cache_filepath(context)),
+                resource_id=archival.resource_id,
                 package_id=archival.package_id)
 
 
@@ -75,7 +77,8 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
             if a.resource_id in active]
     summary = dataset_summary(rows)
     summary["package_id"] = package.id
-    summary["resources"] = [dict(a.as_dict(), resource_id=a.resource_id)
+    show_path = show_cache_filepath(context)
+    summary["resources"] = [dict(a.as_dict(show_path), resource_id=a.resource_id)
                             for a in rows]
     return summary
 

@@ -133,10 +133,17 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
     def is_broken_printable(self) -> str:
         return st.is_broken_printable(self.is_broken)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The row as the API shows it (no ids; dates in ISO format)."""
+    def as_dict(self, show_path: bool = True) -> dict[str, Any]:
+        """The row as the API shows it (no ids; dates in ISO format).
+        Unless ``show_path``, ``cache_filepath`` (the server's path) is left
+        out and ``cache_filename`` (its last part) given instead."""
         out: dict[str, Any] = {}
+        if not show_path:
+            out["cache_filename"] = (self.cache_filepath or "").replace(
+                "\\", "/").rsplit("/", 1)[-1] or None
         for name in PUBLIC_COLUMNS:
+            if name == "cache_filepath" and not show_path:
+                continue
             value = getattr(self, name)
             if isinstance(value, datetime.datetime):
                 value = value.isoformat()
@@ -194,17 +201,18 @@ class ArchivalHistory(tk.BaseModel):  # type: ignore[misc, valid-type]
         return deleted
 
 
-def add_to_package_dict(pkg_dict: dict[str, Any]) -> None:
+def add_to_package_dict(pkg_dict: dict[str, Any], show_path: bool = True) -> None:
     """Put the ``archiver`` dicts into a package_show dict, in place: one per
-    resource (the row, or nothing for a resource never checked) and the
-    dataset-level summary. One query per dataset, whatever its size."""
+    resource (the row, or nothing for a resource never checked; its
+    ``cache_filepath`` only with ``show_path``) and the dataset-level
+    summary. One query per dataset, whatever its size."""
     rows = {a.resource_id: a for a in Archival.get_for_package(
         pkg_dict["id"])}
     current = []
     for res in pkg_dict.get("resources") or []:
         row = rows.get(res.get("id"))
         if row is not None:
-            res["archiver"] = row.as_dict()
+            res["archiver"] = row.as_dict(show_path)
             current.append(row)
     pkg_dict["archiver"] = dataset_summary(current)
 

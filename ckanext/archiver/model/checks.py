@@ -9,19 +9,24 @@ then the engine's :class:`~ckanext.archiver.engine.outcome.Outcome`.
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import sqlalchemy as sa
 from ckan import model
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ckanext.archiver import status as st
+from ckanext.archiver.engine import untrusted
 from ckanext.archiver.engine.outcome import Outcome, Previous
+from ckanext.archiver.engine.storage import Staged
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
 
-__all__ = ["Job", "load_jobs", "previous_of", "row_values", "save", "mark_started",
-           "naive", "aware"]
+__all__ = ["Job", "load_jobs", "previous_of", "row_values", "save", "write_rows",
+           "mark_started", "naive", "aware"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Job:
     cache_url: Optional[str] = None
     skip_reason: Optional[str] = None
     retry: bool = False
+    staged: Optional[Staged] = None  # the new file, until its row is committed
 
 
 def naive(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
@@ -116,14 +122,92 @@ def row_values(job: Job, now: datetime.datetime, recheck_days: int) -> dict[str,
     else:
         values.update(first_failure=prev.get("first_failure") or now,
                       failure_count=(prev.get("failure_count") or 0) + 1)
+    # the boundary for untrusted text: nothing a server sent reaches the
+    # database unchecked (one NUL byte used to lose the whole batch)
+    changed = untrusted.clean_row(values, _FROM_SERVER)
+    if changed:
+        values["reason"] = untrusted.clean((values["reason"] or "") + untrusted.note(changed),
+                                           untrusted.LIMITS["reason"])
     return values
 
 
-def save(jobs: list[Job], recheck_days: int) -> None:
-    """Write the rows of checked jobs and their history, in one transaction."""
+# columns whose value the server sent (the reason says when one was changed)
+_FROM_SERVER = ("etag", "last_modified", "cache_control", "mimetype", "url_redirected_to")
+
+
+def save(jobs: list[Job], recheck_days: int,
+         discard: Optional[Callable[[Job], None]] = None) -> list[Job]:
+    """Write the rows (and a history row each) of ``jobs`` and commit;
+    returns the jobs whose rows were committed.
+
+    If the batch cannot be written, its rows are written one by one, each
+    in a savepoint: a row that still fails is recorded as a system error
+    naming the cause (``discard(job)`` is called first: its new file goes,
+    the row keeps naming the previous one), the others keep their real
+    outcome. A database that is not answering (OperationalError) is raised
+    after rolling back. The files themselves are the caller's
+    (``worker.resource.settle_files``)."""
     if not jobs:
-        return
+        return []
     now = utcnow()
+    try:
+        write_rows(jobs, now, recheck_days)
+        model.Session.commit()
+        return list(jobs)
+    except sa.exc.OperationalError:
+        model.Session.rollback()
+        raise
+    except Exception as e:  # noqa: BLE001 - any row's fault: save them one by one
+        model.Session.rollback()
+        log.warning("Saving a batch of %d results failed (%s): saving them one by one",
+                    len(jobs), _cause(e))
+        return _save_one_by_one(jobs, now, recheck_days, discard)
+
+
+def _save_one_by_one(jobs: list[Job], now: datetime.datetime, recheck_days: int,
+                     discard: Optional[Callable[[Job], None]]) -> list[Job]:
+    committed = []
+    for job in jobs:
+        try:
+            with model.Session.begin_nested():
+                write_rows([job], now, recheck_days)
+            committed.append(job)
+            continue
+        except sa.exc.OperationalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - this row's fault
+            cause = _cause(e)
+        log.error("Could not save the result of resource %s (%s): recorded as a system error",
+                  job.resource_id, cause)
+        if discard is not None:
+            discard(job)
+        job.cache_filepath = job.cache_url = None
+        job.outcome = Outcome(
+            status_id=st.SYSTEM_ERROR, url=job.url or "", checked_at=job.outcome.checked_at,
+            reason=f"System error during archival: the result could not be saved ({cause})")
+        try:
+            with model.Session.begin_nested():
+                write_rows([job], now, recheck_days)
+            committed.append(job)
+        except sa.exc.OperationalError:
+            raise
+        except Exception:  # noqa: BLE001 - logged; the other rows are saved
+            log.exception("Could not record the system error of resource %s", job.resource_id)
+    model.Session.commit()
+    return committed
+
+
+def _cause(e: BaseException) -> str:
+    """``Type: first line of the message`` of a database error, as a
+    reason can show it (the driver's error, not SQLAlchemy's wrapper)."""
+    orig = getattr(e, "orig", None) or e
+    lines = str(orig).strip().splitlines()
+    text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+    return untrusted.clean(text, 300) or type(orig).__name__
+
+
+def write_rows(jobs: list[Job], now: datetime.datetime, recheck_days: int) -> None:
+    """The statements of ``save``, without the commit."""
     table = Archival.__table__
     # one statement per set of columns (rows differ: a failure keeps the
     # cached copy's columns), each run for all its rows at once
@@ -145,7 +229,8 @@ def save(jobs: list[Job], recheck_days: int) -> None:
         "http_status": job.outcome.http_status, "duration": job.outcome.duration,
         "bytes_received": job.outcome.bytes_received,
     } for job in jobs])
-    model.Session.commit()
+
+
 
 
 def mark_started(jobs: list[Job]) -> None:

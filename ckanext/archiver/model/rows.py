@@ -5,7 +5,7 @@ writes in ``checks``): what ``worker.dispatch`` records when it queues, what
 from __future__ import annotations
 
 import datetime
-from typing import Sequence
+from typing import Optional, Sequence
 
 import sqlalchemy as sa
 from ckan import model
@@ -13,7 +13,7 @@ from ckan import model
 from ckanext.archiver.model import Archival, utcnow
 
 __all__ = ["mark_queued", "lost", "forget", "delete_orphans", "clear_cache_columns",
-           "active_resource_ids", "counts"]
+           "active_resource_ids", "named_files", "counts"]
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
@@ -72,6 +72,12 @@ def active_resource_ids() -> set[str]:
     return {row[0] for row in model.Session.query(model.Resource.id).join(
         model.Package, model.Package.id == model.Resource.package_id).filter(
         model.Resource.state == "active", model.Package.state == "active")}
+
+
+def named_files(keep: set[str]) -> dict[str, Optional[str]]:
+    """{resource id: the file its row names} of the resources in ``keep``."""
+    return {rid: path for rid, path in model.Session.query(
+        Archival.resource_id, Archival.cache_filepath) if rid in keep}
 
 
 def clear_cache_columns(keep: set[str]) -> None:

@@ -30,10 +30,11 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import checks
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import dispatch
-from ckanext.archiver.worker.resource import Run, run_one
+from ckanext.archiver.worker.resource import Run, discard_file, run_one, settle_files
 from ckanext.archiver.worker.services import limiter, storage
 
-__all__ = ["BatchResult", "archive_batch", "split_retries", "already_done", "announce"]
+__all__ = ["BatchResult", "archive_batch", "save", "split_retries", "already_done",
+           "announce"]
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +120,32 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         run_one(todo[0], run)
         done, late = todo, []
     else:
-        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, options.recheck_days)
+        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, run)
         done, late = pool.run_batch(todo, lambda j: run_one(j, run), late_batch.finish,
                                     wait_max)
     result.recorded, result.retry = split_retries(done, attempt, max_retries)
     result.late = late
     # every attempt is recorded, so the page says what happened last; only
-    # final results are announced downstream
-    checks.save(result.recorded + result.retry, options.recheck_days)
-    announce(result.recorded, queue_name, packages={
+    # final results whose rows were committed are announced downstream
+    saved = {id(job) for job in save(result.recorded + result.retry, run)}
+    announce([job for job in result.recorded if id(job) in saved], queue_name, packages={
         job.package_id for job in result.recorded} - {job.package_id for job in late})
     if late:
         late_batch.handed_off(result.recorded, late)
     return result
+
+
+def save(jobs: list[Job], run: Run) -> list[Job]:
+    """Write the rows of ``jobs`` (``model.checks.save``), then settle their
+    new files: kept once their row is committed (the files they replace
+    removed only then), removed when not. Returns the committed jobs."""
+    committed: list[Job] = []
+    try:
+        committed = checks.save(jobs, run.options.recheck_days,
+                                discard=lambda job: discard_file(job, run.store))
+    finally:
+        settle_files(jobs, committed, run.store)
+    return committed
 
 
 def split_retries(jobs: list[Job], attempt: int, max_retries: int) -> tuple[list[Job], list[Job]]:
@@ -153,9 +167,9 @@ class _LateBatch:
     late downloads are announced (those without were announced at once)."""
 
     def __init__(self, queue_name: str, attempt: int, max_retries: int,
-                 on_late: Optional[Callable[[BatchResult], None]], recheck_days: int):
+                 on_late: Optional[Callable[[BatchResult], None]], run: Run):
         self.queue_name, self.on_late = queue_name, on_late
-        self.recheck_days = recheck_days
+        self.run = run
         self.attempt, self.max_retries = attempt, max_retries
         self.lock = threading.Lock()
         self.final: list[Job] = []  # recorded for good, in time or late
@@ -167,10 +181,11 @@ class _LateBatch:
         try:
             result = BatchResult()
             result.recorded, result.retry = split_retries([job], self.attempt, self.max_retries)
-            checks.save(result.recorded + result.retry, self.recheck_days)
-            announce(result.recorded, self.queue_name, packages=set())
+            saved = {id(j) for j in save(result.recorded + result.retry, self.run)}
+            announced = [j for j in result.recorded if id(j) in saved]
+            announce(announced, self.queue_name, packages=set())
             with self.lock:
-                self.final += result.recorded
+                self.final += announced
                 self.finished += 1
                 complete = self.late is not None and self.finished == len(self.late)
             if complete:

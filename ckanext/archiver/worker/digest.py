@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 from typing import Any, Iterable, Optional
 
 from ckan import model
@@ -47,6 +48,8 @@ from ckanext.archiver.worker.webhook import WEBHOOK_EVENT, post_webhook
 
 __all__ = ["run", "OrgResult", "AlreadyRunning", "DIGEST_MAX_ROWS"]
 
+log = logging.getLogger(__name__)
+
 DIGEST_MAX_ROWS = 200  # per list in one email; the rest: see the report
 
 
@@ -57,6 +60,7 @@ class OrgResult:
     recovered: int = 0
     mails_sent: int = 0
     mails_failed: int = 0
+    mail_error: Optional[str] = None  # why the last mail failed
     opted_out: bool = False
     webhook: Optional[bool] = None  # None: not called
 
@@ -79,9 +83,12 @@ def _recipients(org: model.Group, found: list[Change],
 
 
 def _send_digest(org: model.Group, found: list[Change], since: datetime.datetime,
-                 until: datetime.datetime, options: config.Options) -> tuple[int, int]:
-    """Mail the digest; returns (mails sent, mails failed)."""
+                 until: datetime.datetime, options: config.Options
+                 ) -> tuple[int, int, Optional[str]]:
+    """Mail the digest; returns (mails sent, mails failed, why the last
+    failed)."""
     sent = failed = 0
+    error: Optional[str] = None
     report_url = urls.report_org_url(org.name, qualified=True)
     for name, email, rows, is_admin in _recipients(org, found, options):
         extra = {
@@ -91,11 +98,14 @@ def _send_digest(org: model.Group, found: list[Change], since: datetime.datetime
             "since": since, "until": until, "report_url": report_url,
             "limit": DIGEST_MAX_ROWS,
         }
-        if mail.send(name, email, "digest", extra):
+        problem = mail.send(name, email, "digest", extra)
+        if problem is None:
             sent += 1
         else:
+            error = problem
+            log.error("Could not send the link digest of %s to %s: %s", org.name, email, error)
             failed += 1
-    return sent, failed
+    return sent, failed, error
 
 
 def _payload(org: model.Group, found: list[Change], since: datetime.datetime,
@@ -150,7 +160,7 @@ def _run_org(org: model.Group, until: datetime.datetime, first: datetime.datetim
         result.broken = sum(1 for c in found if c.broken)
         result.recovered = len(found) - result.broken
         if found and not dry_run:
-            result.mails_sent, result.mails_failed = _send_digest(
+            result.mails_sent, result.mails_failed, result.mail_error = _send_digest(
                 org, found, digest_since, until, options)
             digest_done = result.mails_sent > 0 or result.mails_failed == 0
     webhook_done = False

@@ -28,7 +28,7 @@ from ckanext.archiver.engine.urlnorm import url_host
 from ckanext.archiver.model.checks import Job, previous_of
 from ckanext.archiver.worker.services import fetch_settings
 
-__all__ = ["Run", "run_one", "politeness_host"]
+__all__ = ["Run", "run_one", "politeness_host", "discard_file", "settle_files"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def run_one(job: Job, run: Run) -> None:
                 outcome.reason = "Chose not to download: archive full"
                 return
             filename = outcome.filename or "resource"
-            job.cache_filepath = run.store.store(job.resource_id, tmp_path, filename)
+            job.staged = run.store.stage(job.resource_id, tmp_path, filename)
+            job.cache_filepath = job.staged.path
             tmp_path = None
             job.cache_url = _cache_url(job, os.path.basename(job.cache_filepath), run)
     except Exception as e:  # a bug or the disk: record it, do not crash the batch
@@ -146,6 +147,7 @@ def run_one(job: Job, run: Run) -> None:
         if isinstance(e, OSError) and e.errno is not None:
             reason += f" ({os.strerror(e.errno)})"
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
+        discard_file(job, run.store)
     finally:
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
@@ -164,3 +166,33 @@ def _tmp_dir(store: Storage, job: Job, create: bool = True) -> str:
                     os.unlink(os.path.join(path, name))
         os.makedirs(path, exist_ok=True)
     return path
+
+
+def settle_files(jobs: list[Job], committed: list[Job], store: Storage) -> None:
+    """Keep the new files of committed rows (removing what they replace),
+    remove those of rows not committed."""
+    done = {id(job) for job in committed}
+    for job in jobs:
+        if job.staged is None:
+            continue
+        if id(job) in done:
+            try:
+                store.keep(job.staged)
+            except (OSError, ValueError):  # an orphan: clean-cached removes it
+                log.exception("Could not remove the replaced files of resource %s",
+                              job.resource_id)
+            job.staged = None
+        else:
+            discard_file(job, store)
+
+
+def discard_file(job: Job, store: Storage) -> None:
+    """The new file of ``job`` goes; the row keeps naming the previous one."""
+    if job.staged is None:
+        return
+    try:
+        store.discard(job.staged)
+    except (OSError, ValueError):
+        log.exception("Could not remove the new file of resource %s", job.resource_id)
+    job.staged = None
+    job.cache_filepath = job.cache_url = None

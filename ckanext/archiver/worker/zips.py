@@ -125,6 +125,20 @@ def _source_path(resource: model.Resource, archival: Optional[Archival],
     return path if os.path.isfile(path) else None
 
 
+_NOT_A_WEB_URL = "The link is not an http(s) URL: it is left out of this manifest"
+
+
+def _web_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (what a manifest path may be,
+    besides a member of the zip)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        return False
+    return (parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+            and url == url.strip() and url.isprintable())
+
+
 def _arcname(filename: str, resource_id: str, taken: set[str]) -> str:
     name = sanitise_filename(filename, default=resource_id)
     for candidate in (name, f"{resource_id[:8]}-{name}", f"{resource_id}-{name}"):
@@ -154,11 +168,12 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
             url = urls.dataset_url(package.type, package.id, res.id, qualified=True,
                                    action="download", filename=url)
         status_id = a.status_id if a else None
+        link = url if _web_url(url) else None
         entry: dict[str, Any] = {
             "name": res.id,
             "title": res.name or None,
-            "path": url,
-            "url": url,
+            "path": link,
+            "url": link,
             "format": res.format or None,
             "archiver": {
                 "resource_id": res.id,
@@ -171,6 +186,10 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
                 "last_success": iso(a.last_success) if a else None,
             },
         }
+        if link is None:  # never a local path or "..": the manifest's path is
+            # a member of the zip or an http(s) URL (Data Package spec)
+            del entry["path"], entry["url"]
+            entry["archiver"]["note"] = _NOT_A_WEB_URL
         member_key: Any = None
         if source is not None:
             size = os.path.getsize(source)
@@ -296,13 +315,15 @@ def clean(store: Optional[Storage] = None) -> tuple[int, int]:
 
 
 def mail_user(user_id: str, package_id: str, built: Optional[DatasetZip],
-              error: Optional[str]) -> None:
-    """Mail who asked for the zip: its link, or why there is none."""
+              error: Optional[str]) -> bool:
+    """Mail the user a link (or why there is none); returns whether a mail
+    went. A mail failure is logged as one line, never raised: the zip is
+    built already."""
     user = model.User.get(user_id)
     package = model.Package.get(package_id)
     if user is None or not user.email or package is None:
-        return
-    mail.send(user.display_name, user.email, "package_ready", {
+        return False
+    problem = mail.send(user.display_name, user.email, "package_ready", {
         "user": user, "package": package,
         "dataset_url": urls.dataset_url(package.type, package.name, qualified=True),
         "site_title": config.current().site_title,
@@ -311,6 +332,11 @@ def mail_user(user_id: str, package_id: str, built: Optional[DatasetZip],
         "files": built.members if built else None,
         "error": error,
     })
+    if problem is not None:
+        log.error("Could not mail %s about the package of %s: %s", user.name, package.name,
+                  problem)
+        return False
+    return True
 
 
 def queue_build(package_id: str, user_id: Optional[str] = None) -> bool:

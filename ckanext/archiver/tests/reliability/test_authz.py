@@ -137,9 +137,9 @@ LEAKS = ("Traceback", 'File "', "/work/", "sqlalchemy", "psycopg2", "site-packag
 
 def _no_leak(res, site):
     """No stack trace or internal path in an error page or API error. (A
-    successful archiver_*_show does carry ``cache_filepath``, by the
-    compatibility contract with the older archiver, for those who may read
-    the dataset.)"""
+    successful archiver_*_show carries ``cache_filepath`` for sysadmins
+    only, or for all readers with ``show_cache_filepath``: see
+    test_visibility.py.)"""
     body = res.get_data().decode("utf-8", "replace")
     if res.status_code >= 400 or '"success": false' in body:
         for text in (*LEAKS, str(site.archive_dir)):

@@ -275,3 +275,25 @@ def test_one_run_at_a_time(site):
                 digest.run()
         finally:
             other.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": org_notify._LOCK_KEY})
+
+
+def test_mail_failure_is_counted_and_logged_in_one_line(site, ckan_config, monkeypatch,
+                                                        caplog, cli, make_ini):
+    """smtp.mail_from unset: CKAN's mailer raises AttributeError, not
+    MailerException; the run goes on and the digest is tried again."""
+    monkeypatch.setitem(ckan_config, "smtp.mail_from", None)
+    (rivers, _roads) = digest.run()
+    assert (rivers.mails_sent, rivers.mails_failed, rivers.mail_error) == (
+        0, 1, "smtp.mail_from is not set")
+    lines = [r.getMessage() for r in caplog.records if "link digest" in r.getMessage()]
+    assert lines == ["Could not send the link digest of rivers to admin@example.org: "
+                     "smtp.mail_from is not set"]
+    ini = make_ini()
+    with open(ini) as f:
+        text = f.read().replace("smtp.mail_from = archiver@test.ckan.net", "")
+    with open(ini, "w") as f:
+        f.write(text)
+    result = cli.invoke(ckan, ["-c", ini, "archiver", "notify", "rivers"])
+    assert result.exit_code == 1, result.output  # something failed: cron sees it
+    assert "0 emails sent, 1 failed (smtp.mail_from is not set)" in result.output
+    assert "Traceback" not in result.output

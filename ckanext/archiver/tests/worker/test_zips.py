@@ -337,3 +337,42 @@ def test_write_zip_streams_members(tmp_path):
     assert zf.getinfo("data/big.csv").compress_type == zipfile.ZIP_DEFLATED
     assert zf.getinfo("data/x.png").compress_type == zipfile.ZIP_STORED
     assert zf.read("data/big.csv") == src.read_bytes()
+
+
+# -- findings of issue 12 ------------------------------------------------------
+
+def test_manifest_path_is_a_member_or_a_web_url(archive_dir):
+    pkg = factories.Dataset(resources=[
+        {"name": "kept", "url": "/etc/kept.csv"},
+        {"name": "traversal", "url": "../../../../home/victim/.ssh/authorized_keys"},
+        {"name": "absolute", "url": "/etc/passwd"},
+        {"name": "file", "url": "file:///etc/shadow"},
+        {"name": "web", "url": DEAD + "web.csv"},
+    ])
+    kept, *others = pkg["resources"]
+    archive_file(kept, b"a\n", "kept.csv")
+    for res in others:
+        make_archival(res, st.DOWNLOAD_ERROR)
+    manifest = json.loads(_zip(zips.build(pkg["id"]).package.path).read("datapackage.json"))
+    entries = {e["title"]: e for e in manifest["resources"]}
+    assert entries["kept"]["path"] == "data/kept.csv" and "url" not in entries["kept"]
+    assert entries["web"]["path"] == entries["web"]["url"] == DEAD + "web.csv"
+    for name in ("traversal", "absolute", "file"):
+        assert "path" not in entries[name] and "url" not in entries[name]
+        assert entries[name]["archiver"]["note"] == (
+            "The link is not an http(s) URL: it is left out of this manifest")
+    for entry in manifest["resources"]:
+        path = entry.get("path", "data/")
+        assert path.startswith(("data/", "http://", "https://")) and ".." not in path
+
+
+def test_mail_failure_leaves_the_zip_built(dataset, ckan_config, monkeypatch, caplog):
+    """smtp.mail_from unset: CKAN's mailer raises AttributeError, not
+    MailerException."""
+    monkeypatch.setitem(ckan_config, "smtp.mail_from", None)
+    user = factories.User(email="reader@example.org")
+    size = tasks.build_package(dataset["id"], user_id=user["id"])
+    assert size and size == os.path.getsize(zips.build(dataset["id"]).package.path)
+    lines = [r.getMessage() for r in caplog.records if "Could not mail" in r.getMessage()]
+    assert lines == [f"Could not mail {user['name']} about the package of rivers: "
+                     "smtp.mail_from is not set"]
