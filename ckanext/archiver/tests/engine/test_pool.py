@@ -25,8 +25,8 @@ def _work(gates):
 def test_without_wait_max_waits_for_every_item():
     gate = threading.Event()
     work, _ = _work({3: gate})
+    started = time.monotonic()  # before the timer starts: it opens the gate 0.3 s later
     threading.Timer(0.3, gate.set).start()
-    started = time.monotonic()
     done, late = pool.run_batch(list(range(10)), work)
     assert time.monotonic() - started >= 0.3
     assert sorted(done) == list(range(10)) and late == []
