@@ -273,7 +273,7 @@ def _after_commit(session: Any) -> None:
     items = [(rid, pid) for rid, pid in pending["enqueue"].items() if rid not in forget]
     try:
         if forget:
-            tasks.forget(sorted(forget))
+            tasks.forget(sorted(forget), busy={pid for _rid, pid in items})
     except Exception:
         log.exception("Could not remove the archived files of deleted resources")
     try:

@@ -27,7 +27,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import ckan.plugins.toolkit as tk
 import redis
@@ -41,7 +41,7 @@ from ckanext.archiver import celery_app, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
 from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
-from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
+from ckanext.archiver.model import Archival, ArchivalHistory, rounds, utcnow
 from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
 from ckanext.archiver.storage import Storage
 
@@ -134,6 +134,7 @@ class Job:
     cache_url: Optional[str] = None
     skip_reason: Optional[str] = None
     retry: bool = False
+    retry_countdown: Optional[int] = None  # seconds, when a retry is queued
 
 
 @dataclass
@@ -359,16 +360,23 @@ def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
     return values
 
 
-def _save(jobs: list[Job]) -> None:
+def _save(jobs: list[Job]) -> set[str]:
+    """Write the rows (and history) of ``jobs`` in one transaction; return
+    the datasets this commit finished (``model.rounds``)."""
     if not jobs:
-        return
+        return set()
     now = utcnow()
+    packages = {job.package_id for job in jobs}
+    rounds.lock_datasets(model.Session, packages)
     table = Archival.__table__
     # one statement per set of columns (rows differ: a failure keeps the
     # cached copy's columns), each run for all its rows at once
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for job in jobs:
         values = _row_values(job, now)
+        if job.retry_countdown is not None:  # waiting again, until its retry is due
+            values["queued_at"] = now + datetime.timedelta(
+                seconds=max(job.retry_countdown, 0.001))
         groups.setdefault(tuple(sorted(values)), []).append(
             dict(values, id=job.resource_id, created=now))
     for columns, rows in groups.items():
@@ -384,7 +392,10 @@ def _save(jobs: list[Job]) -> None:
         "http_status": job.outcome.http_status, "duration": job.outcome.duration,
         "bytes_received": job.outcome.bytes_received,
     } for job in jobs])
+    finished = rounds.finished_datasets(model.Session, rounds.active_datasets(
+        model.Session, [job.resource_id for job in jobs]))
     model.Session.commit()
+    return finished
 
 
 def _mark_started(jobs: list[Job]) -> None:
@@ -445,7 +456,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         for job in todo:
             job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         result.recorded = todo
-        _save(todo)
+        _notify(todo, queue_name, _save(todo))
         return result
     limiter = _limiter() if polite else None
     max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
@@ -460,11 +471,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     result.late = late
     # every attempt is recorded, so the page says what happened last; only
     # final results are announced downstream
-    _save(result.recorded + result.retry)
-    _notify(result.recorded, queue_name, packages={
-        job.package_id for job in result.recorded} - {job.package_id for job in late})
-    if late:
-        late_batch.handed_off(result.recorded, late)
+    _notify(result.recorded, queue_name, _save(result.recorded + result.retry))
     return result
 
 
@@ -475,6 +482,7 @@ def _split(jobs: list[Job], attempt: int, max_retries: int) -> tuple[list[Job], 
     for job in jobs:
         if (job.retry or job.outcome.transient) and attempt < max_retries:
             job.outcome.reason += " (will retry)"
+            job.retry_countdown = backoff(attempt, job.outcome.retry_after)
             retry.append(job)
         else:
             final.append(job)
@@ -483,75 +491,35 @@ def _split(jobs: list[Job], attempt: int, max_retries: int) -> tuple[list[Job], 
 
 class _LateBatch:
     """Records the handed-off downloads of one batch, each on its own
-    thread when it ends. Once the batch is complete, its datasets that had
-    late downloads are announced (those without were announced at once)."""
+    thread when it ends (the commit that records a dataset's last one
+    announces the dataset, see ``model.rounds``)."""
 
     def __init__(self, queue_name: str, attempt: int, max_retries: int,
                  on_late: Optional[Callable[[BatchResult], None]]):
         self.queue_name, self.on_late = queue_name, on_late
         self.attempt, self.max_retries = attempt, max_retries
-        self.lock = threading.Lock()
-        self.final: list[Job] = []  # recorded for good, in time or late
-        self.finished = 0
-        self.late: Optional[list[Job]] = None  # known once the batch hands off
 
     def finish(self, job: Job) -> None:
         """One late download ended (on its thread)."""
         try:
             result = BatchResult()
             result.recorded, result.retry = _split([job], self.attempt, self.max_retries)
-            _save(result.recorded + result.retry)
-            _notify(result.recorded, self.queue_name, packages=set())
-            with self.lock:
-                self.final += result.recorded
-                self.finished += 1
-                complete = self.late is not None and self.finished == len(self.late)
-            if complete:
-                self._announce()
+            _notify(result.recorded, self.queue_name, _save(result.recorded + result.retry))
             if self.on_late is not None:
                 self.on_late(result)
         finally:
             model.Session.remove()
 
-    def handed_off(self, final: list[Job], late: list[Job]) -> None:
-        """The batch returned: ``final`` were recorded, ``late`` run on."""
-        with self.lock:
-            self.final += final
-            self.late = late
-            complete = self.finished == len(late)
-        if late and complete:
-            self._announce()
 
-    def _announce(self) -> None:
-        _notify([], self.queue_name, packages={job.package_id for job in self.late},
-                complete=self.final)
-
-
-def _notify(jobs: list[Job], queue_name: str, packages: Optional[set] = None,
-            complete: Optional[list[Job]] = None) -> None:
-    """Announce ``jobs``, then each dataset of ``packages`` (default: those
-    of ``jobs``) whose active resources are all in ``complete`` (default:
-    ``jobs``)."""
+def _notify(jobs: list[Job], queue_name: str, finished: Iterable[str] = ()) -> None:
+    """Announce ``jobs`` (``archived``), then the datasets their commit
+    finished (``package-archived``, once per round: ``model.rounds``)."""
     for job in jobs:
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
                           cache_filepath=job.cache_filepath or (job.previous or {}).get(
                               "cache_filepath"))
-    complete = jobs if complete is None else complete
-    packages = {job.package_id for job in jobs} if packages is None else packages
-    done: dict[str, set[str]] = {}
-    for job in complete:
-        if job.package_id in packages:
-            done.setdefault(job.package_id, set()).add(job.resource_id)
-    if not done:
-        return
-    active = model.Session.query(model.Resource.package_id, model.Resource.id).filter(
-        model.Resource.package_id.in_(list(done)), model.Resource.state == "active").all()
-    expected: dict[str, set[str]] = {}
-    for pid, rid in active:
-        expected.setdefault(pid, set()).add(rid)
-    for pid, rids in done.items():
-        if expected.get(pid, set()) <= rids:
-            interfaces.notify("package-archived", queue_name, package_id=pid)
+    for pid in sorted(finished):
+        interfaces.notify("package-archived", queue_name, package_id=pid)
 
 
 def backoff(attempt: int, retry_after: Optional[float] = None) -> int:
@@ -588,19 +556,27 @@ def _record_system_error(resource_ids: list[str], reason: str) -> None:
     jobs = [j for j in _load_jobs(resource_ids) if j.active]
     for job in jobs:
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
-    _save(jobs)
+    _notify(jobs, "bulk", _save(jobs))
 
 
-def forget(resource_ids: list[str]) -> int:
+def forget(resource_ids: list[str], busy: Iterable[str] = ()) -> int:
     """Deleted resources: remove their archived files and say so on their
-    rows (history is kept). Returns bytes freed."""
+    rows (history is kept); then announce their datasets with nothing else
+    waiting (``package-archived`` on priority), except those of ``busy``
+    (being queued: their round announces them). Returns bytes freed."""
     store = storage()
     freed = sum(store.remove(rid) for rid in resource_ids)
+    resource = model.Resource.__table__
     with model.meta.engine.begin() as conn:
+        packages = {row[0] for row in conn.execute(sa.select(resource.c.package_id).where(
+            resource.c.id.in_(resource_ids)))} - set(busy)
+        rounds.lock_datasets(conn, packages)
         conn.execute(sa.update(Archival.__table__).where(
             Archival.__table__.c.resource_id.in_(resource_ids)).values(
             cache_filepath=None, cache_url=None, reason="Resource deleted",
             updated=utcnow()))
+        finished = rounds.finished_datasets(conn, packages)
+    _notify([], "priority", finished)
     return freed
 
 
@@ -648,12 +624,24 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
 
 
 def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> None:
+    """Queue the retries (their rows say they wait, see ``_save``); each is
+    marked pending like a queued resource until its worker starts on it."""
+    if not jobs:
+        return
+    r = archiver_queue.redis_client()
+    with r.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.set(archiver_queue.pending_key(job.resource_id), queue,
+                     ex=archiver_queue.PENDING_TTL)
+        pipe.execute()
     for job in jobs:
+        countdown = job.retry_countdown
+        if countdown is None:
+            countdown = backoff(attempt, job.outcome.retry_after if job.outcome else None)
         archive_resources.apply_async(
             args=[[job.resource_id]],
             kwargs={"queue": queue, "queued_at": None, "force": force, "attempt": attempt + 1},
-            queue=celery_app.queue_name(queue),
-            countdown=backoff(attempt, job.outcome.retry_after if job.outcome else None))
+            queue=celery_app.queue_name(queue), countdown=countdown)
 
 
 def late_check_delay() -> int:
@@ -673,3 +661,17 @@ def archive_package(package_id: str, queue: str = "bulk") -> int:
         return archiver_queue.enqueue([(r.id, package_id) for r in rows], queue)
     finally:
         model.Session.remove()
+
+
+# ---------------------------------------------------------------------------
+# The older archiver's names (compat/legacy_tasks.py: link_checker and its
+# exceptions, update_package, update_resource, notify_package, ...). Served
+# lazily: that module imports this one.
+
+
+def __getattr__(name: str) -> Any:
+    from ckanext.archiver.compat import legacy_tasks
+
+    if name in legacy_tasks.NAMES:
+        return getattr(legacy_tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

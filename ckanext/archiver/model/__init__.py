@@ -20,7 +20,11 @@ from sqlalchemy import Column, types
 
 from ckanext.archiver import status as st
 
-__all__ = ["Archival", "ArchivalHistory", "utcnow"]
+__all__ = [
+    "Archival", "ArchivalHistory", "utcnow",
+    # the older archiver's names (model/legacy.py)
+    "Status", "broken_enum", "aggregate_archivals_for_a_dataset", "init_tables",
+]
 
 
 def utcnow() -> datetime.datetime:
@@ -102,6 +106,19 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
                     cls.package_id.in_(ids)):
                 found[row.package_id].append(row)
         return found
+
+    @classmethod
+    def create(cls, resource_id: str) -> Archival:
+        """The resource's row to fill in (older archiver's API): the row
+        made when it was queued if there is one (already in the session),
+        else a new one for the caller to ``Session.add``."""
+        row = cls.get_for_resource(resource_id)
+        if row is not None:
+            return row
+        resource = model.Resource.get(resource_id)
+        return cls(id=_uuid(), resource_id=resource_id,
+                   package_id=resource.package_id if resource else None,
+                   failure_count=0, created=utcnow())
 
     @property
     def status(self) -> Optional[str]:
@@ -194,3 +211,13 @@ def remove_from_package_dict(pkg_dict: dict[str, Any]) -> None:
     for res in pkg_dict.get("resources") or []:
         if isinstance(res, dict):
             res.pop("archiver", None)
+
+
+# the older archiver's names, built on the above (import cycle by design:
+# model.legacy imports this module, which is complete at this point)
+from ckanext.archiver.model.legacy import (  # noqa: E402
+    Status,
+    aggregate_archivals_for_a_dataset,
+    broken_enum,
+    init_tables,
+)
