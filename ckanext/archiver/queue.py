@@ -92,7 +92,8 @@ def _mark_queued(items: Sequence[Item], when: datetime.datetime) -> None:
 
 def _batches(items: Sequence[Item], size: int) -> list[list[Item]]:
     """Batches of about ``size`` resources, keeping a dataset's resources
-    together where it fits (so a batch can report ``package-archived``)."""
+    together where it fits (fewer commits, and so fewer round locks, per
+    dataset)."""
     batches: list[list[Item]] = []
     current: list[Item] = []
     for item in sorted(items, key=lambda i: i[1]):

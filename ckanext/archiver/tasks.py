@@ -631,7 +631,9 @@ def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> No
     r = archiver_queue.redis_client()
     with r.pipeline(transaction=False) as pipe:
         for job in jobs:
-            pipe.set(archiver_queue.pending_key(job.resource_id), queue,
+            # "retry": a bulk enqueue leaves it to the retry, a priority
+            # one (an edit) queues a check now, as for a resource on bulk
+            pipe.set(archiver_queue.pending_key(job.resource_id), "retry",
                      ex=archiver_queue.PENDING_TTL)
         pipe.execute()
     for job in jobs:

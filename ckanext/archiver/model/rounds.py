@@ -28,7 +28,8 @@ __all__ = ["lock_datasets", "finished_datasets", "active_datasets", "WAITING"]
 # SQL condition on the archival row ``a``: the resource is waiting.
 WAITING = "a.queued_at IS NOT NULL AND a.queued_at > coalesce(a.updated, 'epoch'::timestamp)"
 
-_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
+# one statement, locks taken in the array's (sorted) order
+_LOCK = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 _WAITING_DATASETS = sa.text(f"""
     SELECT DISTINCT r.package_id
     FROM resource r JOIN archival a ON a.resource_id = r.id
@@ -51,8 +52,9 @@ def _key(package_id: str) -> int:
 def lock_datasets(conn: Any, package_ids: Iterable[str]) -> None:
     """Take the round lock of each dataset in ``conn``'s transaction (a
     Session or a Connection), until it commits or rolls back."""
-    for key in sorted({_key(pid) for pid in package_ids if pid}):
-        conn.execute(_LOCK, {"key": key})
+    keys = sorted({_key(pid) for pid in package_ids if pid})
+    if keys:
+        conn.execute(_LOCK, {"keys": keys}).fetchall()
 
 
 def finished_datasets(conn: Any, package_ids: Iterable[str]) -> set[str]:

@@ -111,7 +111,7 @@ def test_stale_run_picking_part_of_a_dataset(httpserver, ckan_config, monkeypatc
 
 def test_retry_that_finishes_later(httpserver, ckan_config, monkeypatch):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 2)
-    monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 1)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 3)  # due in 2-3 s
     calls = []
     lock = threading.Lock()
 
