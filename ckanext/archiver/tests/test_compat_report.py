@@ -123,3 +123,14 @@ def test_plugin_registers_the_report_only_with_ckanext_report():
         from ckanext.archiver import plugin as plugin_module
 
         assert plugin_module.IReport is None
+
+
+def test_template_renders_both_forms(orgs, app):
+    with app.flask_app.test_request_context():
+        data = report.broken_links()
+        index = tk.render_snippet("report/broken_links.html",
+                                  {"table": data["table"], "data": data})
+        data = report.broken_links(organization="parent")
+        org = tk.render_snippet("report/broken_links.html", {"table": data["table"], "data": data})
+    assert "/report/broken-links/parent" in index and "1 / 2 (50%)" in index
+    assert "Server returned 404" in org and "Download error" in org
