@@ -21,6 +21,8 @@ setup(
         "ckan.plugins": [
             "archiver = ckanext.archiver.plugin:ArchiverPlugin",
             "archiver_nosearch = ckanext.archiver.testing.nosearch:NoSearchPlugin",
+            # test-only: records IPipe events as ckanext-qa receives them
+            "archiver_test_pipe = ckanext.archiver.testing.pipe:RecordingPipe",
         ],
     },
     classifiers=[

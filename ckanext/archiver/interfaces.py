@@ -6,8 +6,11 @@ packagers, previews) learn that the archiver has done something.
 
 * ``archived``: ``resource_id``, ``queue``, ``cache_filepath`` (None when no
   file is kept) after each check of a resource;
-* ``package-archived``: ``package_id``, ``queue`` after all the active
-  resources of a dataset were checked in one go.
+* ``package-archived``: ``package_id``, ``queue`` once none of the
+  dataset's active resources is still queued or running, sent once per
+  round of checks by the worker that committed the last result (whatever
+  queue, batch, retry or selection checked them), or by the deletion of
+  a resource when nothing else of its dataset is waiting.
 
 The same events are sent as the CKAN signal ``archiver:<operation>`` (use
 ``tk.signals.ckanext.signal("archiver:archived")``), with the params as
@@ -34,13 +37,19 @@ class IPipe(p.Interface):
     def receive_data(self, operation: str, queue: str, **params: Any) -> None:
         """Called after an archival event (see the module docstring)."""
 
+    @classmethod
+    def send_data(cls, operation: str, queue: str, **params: Any) -> None:
+        """Send an event to every IPipe plugin (the older archiver's API;
+        also sends the signal). A failing plugin is logged, not raised."""
+        notify(operation, queue, **params)
+
 
 def signal(operation: str):
     return tk.signals.ckanext.signal(f"archiver:{operation}")
 
 
 def notify(operation: str, queue: str, **params: Any) -> None:
-    assert operation in OPERATIONS, operation
+    """Send an event (any operation: IPipe plugins may pass on their own)."""
     for plugin in p.PluginImplementations(IPipe):
         try:
             plugin.receive_data(operation, queue, **params)

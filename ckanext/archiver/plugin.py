@@ -18,10 +18,16 @@ from ckan.common import CKANConfig
 from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
+from ckanext.archiver.compat import report as compat_report
 from ckanext.archiver.logic.visibility import show_cache_filepath
 from ckanext.archiver.worker import dispatch, zips
 
 log = logging.getLogger(__name__)
+
+try:  # ckanext-report is optional: its interface only when it is installed
+    from ckanext.report.interfaces import IReport
+except ImportError:
+    IReport = None
 
 
 @tk.blanket.config_declarations
@@ -35,12 +41,19 @@ class ArchiverPlugin(p.SingletonPlugin):
     p.implements(p.IPackageController, inherit=True)
     p.implements(p.IResourceController, inherit=True)
     p.implements(p.ISignal)
+    if IReport is not None:
+        p.implements(IReport)
 
     # IConfigurer
 
     def update_config(self, config: CKANConfig):
         tk.add_template_directory(config, "templates")
         tk.add_resource("assets", "ckanext-archiver")
+
+    # IReport (ckanext-report; the older archiver's broken-links report)
+
+    def register_reports(self):
+        return [compat_report.broken_links_report_info()]
 
     # ISignal
 

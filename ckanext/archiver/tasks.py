@@ -1,11 +1,15 @@
 """Old import path of the worker: the Celery tasks are in ``worker.tasks``, a
 batch in ``worker.batch``, one resource in ``worker.resource``, the rows in
 ``model.checks``, the retry policy in ``worker.retry`` (see
-``docs/architecture.rst``). Importing this module loads Celery."""
+``docs/architecture.rst``); the older archiver's task functions and
+exceptions (ckanext-qa imports them from here) in ``compat.legacy_tasks``.
+Importing this module loads Celery."""
 
 from __future__ import annotations
 
 from ckanext.archiver import config
+from ckanext.archiver.compat import legacy_tasks
+from ckanext.archiver.compat.legacy_tasks import *  # noqa: F403 (the older archiver's names)
 from ckanext.archiver.engine.outcome import FetchSettings
 from ckanext.archiver.engine.storage import Storage
 from ckanext.archiver.model.checks import Job
@@ -23,7 +27,7 @@ from ckanext.archiver.worker.tasks import (
 __all__ = ["archive_resources", "build_package", "archive_batch", "BatchResult", "Job",
            "backoff", "late_check_delay", "MAX_DELIVERIES", "forget", "storage",
            "archive_dir", "user_agent", "fetch_settings", "_too_many_deliveries",
-           "_record_system_error"]
+           "_record_system_error", *legacy_tasks.NAMES]
 
 
 def archive_dir() -> str:

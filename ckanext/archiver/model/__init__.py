@@ -24,9 +24,14 @@ from ckan import model
 from sqlalchemy import Column, types
 
 from ckanext.archiver import status as st
+from ckanext.archiver.model.legacy import Status, broken_enum, init_tables
 
-__all__ = ["Archival", "ArchivalHistory", "utcnow", "iso", "active_dataset", "dataset_summary",
-           "add_to_package_dict", "remove_from_package_dict", "PUBLIC_COLUMNS"]
+__all__ = [
+    "Archival", "ArchivalHistory", "utcnow", "iso", "active_dataset", "dataset_summary",
+    "add_to_package_dict", "remove_from_package_dict", "PUBLIC_COLUMNS",
+    # the older archiver's names (model/legacy.py)
+    "Status", "broken_enum", "aggregate_archivals_for_a_dataset", "init_tables",
+]
 
 
 def utcnow() -> datetime.datetime:
@@ -125,6 +130,19 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
                 found[row.package_id].append(row)
         return found
 
+    @classmethod
+    def create(cls, resource_id: str) -> Archival:
+        """The resource's row to fill in (older archiver's API): the row
+        made when it was queued if there is one (already in the session),
+        else a new one for the caller to ``Session.add``."""
+        row = cls.get_for_resource(resource_id)
+        if row is not None:
+            return row
+        resource = model.Resource.get(resource_id)
+        return cls(id=resource_id, resource_id=resource_id,
+                   package_id=resource.package_id if resource else None,
+                   failure_count=0, created=utcnow())
+
     @property
     def status(self) -> Optional[str]:
         return st.text(self.status_id)
@@ -169,6 +187,14 @@ def dataset_summary(archivals: Iterable[Archival]) -> dict[str, Any]:
     worst = max(rows, key=badness)
     return {"status_id": worst.status_id, "status": worst.status,
             "reason": worst.reason, "is_broken": worst.is_broken}
+
+
+def aggregate_archivals_for_a_dataset(archivals: Iterable[Archival]) -> dict[str, Any]:
+    """The older archiver's name of ``dataset_summary`` (ckanext-qa calls
+    it): the same summary as ``package_show`` shows (broken beats not sure,
+    which beats ok; rows only queued are left out). The older archiver took
+    the highest status id, so a "not sure" (20+) hid a broken link (10..19)."""
+    return dataset_summary(archivals)
 
 
 class ArchivalHistory(tk.BaseModel):  # type: ignore[misc, valid-type]
@@ -224,3 +250,4 @@ def remove_from_package_dict(pkg_dict: dict[str, Any]) -> None:
     for res in pkg_dict.get("resources") or []:
         if isinstance(res, dict):
             res.pop("archiver", None)
+

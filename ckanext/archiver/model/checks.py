@@ -21,7 +21,7 @@ from ckanext.archiver import status as st
 from ckanext.archiver.engine import untrusted
 from ckanext.archiver.engine.outcome import Outcome, Previous
 from ckanext.archiver.engine.storage import Staged
-from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
+from ckanext.archiver.model import Archival, ArchivalHistory, rounds, utcnow
 
 __all__ = ["Job", "load_jobs", "previous_of", "row_values", "save", "write_rows",
            "mark_started", "naive", "aware"]
@@ -45,6 +45,7 @@ class Job:
     skip_reason: Optional[str] = None
     retry: bool = False
     staged: Optional[Staged] = None  # the new file, until its row is committed
+    retry_countdown: Optional[int] = None  # seconds, when a retry is queued
 
 
 def naive(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
@@ -136,9 +137,11 @@ _FROM_SERVER = ("etag", "last_modified", "cache_control", "mimetype", "url_redir
 
 
 def save(jobs: list[Job], recheck_days: int,
-         discard: Optional[Callable[[Job], None]] = None) -> list[Job]:
+         discard: Optional[Callable[[Job], None]] = None) -> tuple[list[Job], set[str]]:
     """Write the rows (and a history row each) of ``jobs`` and commit;
-    returns the jobs whose rows were committed.
+    returns the jobs whose rows were committed and the datasets this commit
+    finished (``model.rounds``: nothing of theirs is waiting any more). The
+    round locks of the jobs' datasets are held for the whole transaction.
 
     If the batch cannot be written, its rows are written one by one, each
     in a savepoint: a row that still fails is recorded as a system error
@@ -148,12 +151,14 @@ def save(jobs: list[Job], recheck_days: int,
     after rolling back. The files themselves are the caller's
     (``worker.resource.settle_files``)."""
     if not jobs:
-        return []
+        return [], set()
     now = utcnow()
     try:
+        _lock_datasets(jobs)
         write_rows(jobs, now, recheck_days)
+        finished = _finished(jobs)
         model.Session.commit()
-        return list(jobs)
+        return list(jobs), finished
     except sa.exc.OperationalError:
         model.Session.rollback()
         raise
@@ -165,8 +170,9 @@ def save(jobs: list[Job], recheck_days: int,
 
 
 def _save_one_by_one(jobs: list[Job], now: datetime.datetime, recheck_days: int,
-                     discard: Optional[Callable[[Job], None]]) -> list[Job]:
+                     discard: Optional[Callable[[Job], None]]) -> tuple[list[Job], set[str]]:
     committed = []
+    _lock_datasets(jobs)  # for the whole transaction, not one savepoint
     for job in jobs:
         try:
             with model.Session.begin_nested():
@@ -193,8 +199,22 @@ def _save_one_by_one(jobs: list[Job], now: datetime.datetime, recheck_days: int,
             raise
         except Exception:  # noqa: BLE001 - logged; the other rows are saved
             log.exception("Could not record the system error of resource %s", job.resource_id)
+    finished = _finished(committed)
     model.Session.commit()
-    return committed
+    return committed, finished
+
+
+def _lock_datasets(jobs: list[Job]) -> None:
+    rounds.lock_datasets(model.Session, {job.package_id for job in jobs})
+
+
+def _finished(jobs: list[Job]) -> set[str]:
+    """The datasets of ``jobs`` whose rows, as written in this transaction,
+    leave nothing of theirs waiting."""
+    if not jobs:
+        return set()
+    return rounds.finished_datasets(model.Session, rounds.active_datasets(
+        model.Session, [job.resource_id for job in jobs]))
 
 
 def _cause(e: BaseException) -> str:
@@ -207,13 +227,16 @@ def _cause(e: BaseException) -> str:
 
 
 def write_rows(jobs: list[Job], now: datetime.datetime, recheck_days: int) -> None:
-    """The statements of ``save``, without the commit."""
+    """The statements of ``save``, in the caller's transaction (no commit)."""
     table = Archival.__table__
     # one statement per set of columns (rows differ: a failure keeps the
     # cached copy's columns), each run for all its rows at once
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for job in jobs:
         values = row_values(job, now, recheck_days)
+        if job.retry_countdown is not None:  # waiting again, until its retry is due
+            values["queued_at"] = now + datetime.timedelta(
+                seconds=max(job.retry_countdown, 0.001))
         groups.setdefault(tuple(sorted(values)), []).append(
             dict(values, id=job.resource_id, created=now))
     for columns, rows in groups.items():

@@ -5,12 +5,12 @@ writes in ``checks``): what ``worker.dispatch`` records when it queues, what
 from __future__ import annotations
 
 import datetime
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import sqlalchemy as sa
 from ckan import model
 
-from ckanext.archiver.model import Archival, utcnow
+from ckanext.archiver.model import Archival, rounds, utcnow
 
 __all__ = ["mark_queued", "lost", "forget", "delete_orphans", "clear_cache_columns",
            "active_resource_ids", "named_files", "counts"]
@@ -48,13 +48,18 @@ def lost(started_before: datetime.datetime) -> list[Item]:
     return [(rid, pid) for rid, pid in rows]
 
 
-def forget(resource_ids: Sequence[str]) -> None:
+def forget(resource_ids: Sequence[str], busy: Iterable[str] = ()) -> set[str]:
     """Deleted resources: their rows say so and keep no file (history is
-    kept)."""
-    table = Archival.__table__
+    kept). Returns their datasets, except those of ``busy``, that this
+    leaves with nothing waiting (``model.rounds``)."""
+    table, resource = Archival.__table__, model.Resource.__table__
     with model.meta.engine.begin() as conn:
+        packages = {row[0] for row in conn.execute(sa.select(resource.c.package_id).where(
+            resource.c.id.in_(list(resource_ids))))} - set(busy)
+        rounds.lock_datasets(conn, packages)
         conn.execute(sa.update(table).where(table.c.resource_id.in_(list(resource_ids))).values(
             cache_filepath=None, cache_url=None, reason="Resource deleted", updated=utcnow()))
+        return rounds.finished_datasets(conn, packages)
 
 
 def delete_orphans() -> int:

@@ -1,7 +1,7 @@
 """The layout's contract (docs/architecture.rst), read from the source:
 no import cycle, no function-level import of the package, imports only
-downwards (engine <- common <- model <- worker <- logic <- views, cli,
-plugin), an engine free of CKAN, Flask, Celery and SQLAlchemy, and a web
+downwards (engine <- common <- model <- worker <- logic <- compat <- views,
+cli, plugin), an engine free of CKAN, Flask, Celery and SQLAlchemy, and a web
 process that loads no Celery."""
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ LAYERS = [
     ("model", lambda m: m.startswith(f"{P}.model")),
     ("worker", lambda m: m.startswith(f"{P}.worker")),
     ("logic", lambda m: m.startswith(f"{P}.logic")),
+    # the older archiver's names for ckanext-qa and ckanext-report
+    ("compat", lambda m: m.startswith(f"{P}.compat")),
     ("top", lambda m: m.startswith((f"{P}.views", f"{P}.testing")) or m in {
         f"{P}.cli", f"{P}.plugin", f"{P}.helpers", P}),
 ]
-# Old import paths: thin re-exports that nothing in the package may import.
+# Old import paths: thin re-exports that nothing in the package may import
+# (``lib``: the older archiver's module, for ckanext-qa).
 SHIMS = {f"{P}.{n}" for n in ("fetch", "tasks", "queue", "celery_app", "netguard", "storage",
-                               "politeness", "pool", "stats", "notify", "packages")}
+                               "politeness", "pool", "stats", "notify", "packages", "lib")}
 FORBIDDEN_IN_ENGINE = ("ckan", "flask", "celery", "sqlalchemy", "werkzeug", "kombu")
 
 

@@ -6,10 +6,12 @@ each, downloads concurrently (threads of ``engine.pool``: the work is
 network-bound), honours per-host politeness, moves the files into place
 (``worker.resource``), then writes every row (and one history row per
 check) in one transaction (``model.checks``) and tells downstream plugins
-(``interfaces``). It is idempotent and safe to kill at any line: files are
-written to a temp file and renamed, rows are written in one transaction
-after the files, and a killed worker's message is delivered again
-(acks_late, reject_on_worker_lost).
+(``interfaces``: ``archived`` for each final result, ``package-archived``
+for the datasets whose round that commit ended, see ``model.rounds``). It
+is idempotent and safe to kill at any line: files are written to a temp
+file and renamed, rows are written in one transaction after the files, and
+a killed worker's message is delivered again (acks_late,
+reject_on_worker_lost).
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from ckan import model
 
@@ -31,10 +32,11 @@ from ckanext.archiver.model import checks
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import dispatch
 from ckanext.archiver.worker.resource import Run, discard_file, run_one, settle_files
+from ckanext.archiver.worker.retry import backoff
 from ckanext.archiver.worker.services import limiter, storage
 
-__all__ = ["BatchResult", "archive_batch", "save", "split_retries", "already_done",
-           "announce"]
+__all__ = ["BatchResult", "archive_batch", "save", "record", "record_errors",
+           "split_retries", "already_done", "announce"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         for job in todo:
             job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         result.recorded = todo
-        checks.save(todo, options.recheck_days)
+        record_errors(todo, queue_name, options)
         return result
     run = Run(options, store, limiter(options) if polite else None, force)
     max_retries = options.max_retries
@@ -127,34 +129,50 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     result.late = late
     # every attempt is recorded, so the page says what happened last; only
     # final results whose rows were committed are announced downstream
-    saved = {id(job) for job in save(result.recorded + result.retry, run)}
-    announce([job for job in result.recorded if id(job) in saved], queue_name, packages={
-        job.package_id for job in result.recorded} - {job.package_id for job in late})
-    if late:
-        late_batch.handed_off(result.recorded, late)
+    record(result.recorded + result.retry, queue_name, run, final=result.recorded)
     return result
 
 
-def save(jobs: list[Job], run: Run) -> list[Job]:
+def save(jobs: list[Job], run: Run) -> tuple[list[Job], set[str]]:
     """Write the rows of ``jobs`` (``model.checks.save``), then settle their
     new files: kept once their row is committed (the files they replace
-    removed only then), removed when not. Returns the committed jobs."""
+    removed only then), removed when not. Returns the committed jobs and
+    the datasets the commit finished."""
     committed: list[Job] = []
     try:
-        committed = checks.save(jobs, run.options.recheck_days,
-                                discard=lambda job: discard_file(job, run.store))
+        committed, finished = checks.save(jobs, run.options.recheck_days,
+                                          discard=lambda job: discard_file(job, run.store))
     finally:
         settle_files(jobs, committed, run.store)
-    return committed
+    return committed, finished
+
+
+def record(jobs: list[Job], queue_name: str, run: Run,
+           final: Optional[list[Job]] = None) -> None:
+    """Save ``jobs``; then announce those of ``final`` (default: all) whose
+    rows were committed, and the datasets the commit finished."""
+    committed, finished = save(jobs, run)
+    saved = {id(job) for job in committed}
+    announce([job for job in (jobs if final is None else final) if id(job) in saved],
+             queue_name, finished)
+
+
+def record_errors(jobs: list[Job], queue_name: str, options: config.Options) -> None:
+    """Save and announce system errors recorded without a download (no
+    new file to settle)."""
+    committed, finished = checks.save(jobs, options.recheck_days)
+    announce(committed, queue_name, finished)
 
 
 def split_retries(jobs: list[Job], attempt: int, max_retries: int) -> tuple[list[Job], list[Job]]:
     """(final, to retry): a transient failure is tried again while attempts
-    are left, and its row says so."""
+    are left, and its row says so (and says it waits until the retry is
+    due: ``Job.retry_countdown``)."""
     final, retry = [], []
     for job in jobs:
         if (job.retry or job.outcome.transient) and attempt < max_retries:
             job.outcome.reason += " (will retry)"
+            job.retry_countdown = backoff(attempt, job.outcome.retry_after)
             retry.append(job)
         else:
             final.append(job)
@@ -163,74 +181,34 @@ def split_retries(jobs: list[Job], attempt: int, max_retries: int) -> tuple[list
 
 class _LateBatch:
     """Records the handed-off downloads of one batch, each on its own
-    thread when it ends. Once the batch is complete, its datasets that had
-    late downloads are announced (those without were announced at once)."""
+    thread when it ends (the commit that records a dataset's last one
+    announces the dataset, see ``model.rounds``)."""
 
     def __init__(self, queue_name: str, attempt: int, max_retries: int,
                  on_late: Optional[Callable[[BatchResult], None]], run: Run):
         self.queue_name, self.on_late = queue_name, on_late
         self.run = run
         self.attempt, self.max_retries = attempt, max_retries
-        self.lock = threading.Lock()
-        self.final: list[Job] = []  # recorded for good, in time or late
-        self.finished = 0
-        self.late: Optional[list[Job]] = None  # known once the batch hands off
 
     def finish(self, job: Job) -> None:
         """One late download ended (on its thread)."""
         try:
             result = BatchResult()
             result.recorded, result.retry = split_retries([job], self.attempt, self.max_retries)
-            saved = {id(j) for j in save(result.recorded + result.retry, self.run)}
-            announced = [j for j in result.recorded if id(j) in saved]
-            announce(announced, self.queue_name, packages=set())
-            with self.lock:
-                self.final += announced
-                self.finished += 1
-                complete = self.late is not None and self.finished == len(self.late)
-            if complete:
-                self._announce()
+            record(result.recorded + result.retry, self.queue_name, self.run,
+                   final=result.recorded)
             if self.on_late is not None:
                 self.on_late(result)
         finally:
             model.Session.remove()
 
-    def handed_off(self, final: list[Job], late: list[Job]) -> None:
-        """The batch returned: ``final`` were recorded, ``late`` run on."""
-        with self.lock:
-            self.final += final
-            self.late = late
-            complete = self.finished == len(late)
-        if late and complete:
-            self._announce()
 
-    def _announce(self) -> None:
-        announce([], self.queue_name, packages={job.package_id for job in self.late},
-                complete=self.final)
-
-
-def announce(jobs: list[Job], queue_name: str, packages: Optional[set] = None,
-             complete: Optional[list[Job]] = None) -> None:
-    """Announce ``jobs``, then each dataset of ``packages`` (default: those
-    of ``jobs``) whose active resources are all in ``complete`` (default:
-    ``jobs``)."""
+def announce(jobs: list[Job], queue_name: str, finished: Iterable[str] = ()) -> None:
+    """Announce ``jobs`` (``archived``), then the datasets their commit
+    finished (``package-archived``, once per round: ``model.rounds``)."""
     for job in jobs:
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
                           cache_filepath=job.cache_filepath or (job.previous or {}).get(
                               "cache_filepath"))
-    complete = jobs if complete is None else complete
-    packages = {job.package_id for job in jobs} if packages is None else packages
-    done: dict[str, set[str]] = {}
-    for job in complete:
-        if job.package_id in packages:
-            done.setdefault(job.package_id, set()).add(job.resource_id)
-    if not done:
-        return
-    active = model.Session.query(model.Resource.package_id, model.Resource.id).filter(
-        model.Resource.package_id.in_(list(done)), model.Resource.state == "active").all()
-    expected: dict[str, set[str]] = {}
-    for pid, rid in active:
-        expected.setdefault(pid, set()).add(rid)
-    for pid, rids in done.items():
-        if expected.get(pid, set()) <= rids:
-            interfaces.notify("package-archived", queue_name, package_id=pid)
+    for package_id in sorted(finished):
+        interfaces.notify("package-archived", queue_name, package_id=package_id)

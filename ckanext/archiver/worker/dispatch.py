@@ -64,7 +64,8 @@ def release(resource_ids: Iterable[str]) -> None:
 
 def batches(items: Sequence[Item], size: int) -> list[list[Item]]:
     """Batches of about ``size`` resources, keeping a dataset's resources
-    together where it fits (so a batch can report ``package-archived``)."""
+    together where it fits (fewer commits, and so fewer round locks, per
+    dataset)."""
     out: list[list[Item]] = []
     current: list[Item] = []
     for item in sorted(items, key=lambda i: i[1]):
@@ -235,7 +236,7 @@ def _after_commit(session: Any) -> None:
     items = [(rid, pid) for rid, pid in pending["enqueue"].items() if rid not in forget]
     try:
         if forget:
-            housekeeping.forget(sorted(forget))
+            housekeeping.forget(sorted(forget), busy={pid for _rid, pid in items})
     except Exception:
         log.exception("Could not remove the archived files of deleted resources")
     try:

@@ -28,8 +28,8 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.zipper import DatasetZip
 from ckanext.archiver.model import checks, utcnow
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import app, zips
-from ckanext.archiver.worker.batch import BatchResult, archive_batch
+from ckanext.archiver.worker import app, dispatch, zips
+from ckanext.archiver.worker.batch import BatchResult, archive_batch, record_errors
 from ckanext.archiver.worker.retry import MAX_DELIVERIES, backoff, late_check_delay
 
 __all__ = ["archive_resources", "build_package"]
@@ -57,7 +57,7 @@ def _record_system_error(resource_ids: list[str], reason: str) -> None:
     jobs = [j for j in checks.load_jobs(resource_ids) if j.active]
     for job in jobs:
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
-    checks.save(jobs, config.current().recheck_days)
+    record_errors(jobs, "bulk", config.current())
 
 
 @shared_task(bind=True, name=app.ARCHIVE_TASK)
@@ -105,14 +105,28 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
 
 
 def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> None:
+    """Queue the retries (their rows say they wait, see ``model.checks``);
+    each is marked pending like a queued resource until its worker starts
+    on it."""
+    if not jobs:
+        return
     options = config.current()
+    r = keys.client(options)
+    with r.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            # "retry": a bulk enqueue leaves it to the retry, a priority
+            # one (an edit) queues a check now, as for a resource on bulk
+            pipe.set(keys.pending(options, job.resource_id), "retry", ex=dispatch.PENDING_TTL)
+        pipe.execute()
     for job in jobs:
+        countdown = job.retry_countdown
+        if countdown is None:
+            countdown = backoff(attempt, job.outcome.retry_after if job.outcome else None,
+                                options)
         archive_resources.apply_async(
             args=[[job.resource_id]],
             kwargs={"queue": queue, "queued_at": None, "force": force, "attempt": attempt + 1},
-            queue=options.queue_name(queue),
-            countdown=backoff(attempt, job.outcome.retry_after if job.outcome else None,
-                              options))
+            queue=options.queue_name(queue), countdown=countdown)
 
 
 # Acknowledged when it starts (not acks_late): a build of many gigabytes can
