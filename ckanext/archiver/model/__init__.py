@@ -250,4 +250,3 @@ def remove_from_package_dict(pkg_dict: dict[str, Any]) -> None:
     for res in pkg_dict.get("resources") or []:
         if isinstance(res, dict):
             res.pop("archiver", None)
-
