@@ -9,11 +9,18 @@ from typing import Any, Optional, Sequence
 import ckan.plugins.toolkit as tk
 from markupsafe import Markup, escape
 
+from ckanext.archiver import reasons
 from ckanext.archiver import status as st
 
 
 def archiver_is_broken_printable(is_broken: Optional[bool]) -> str:
-    return st.is_broken_printable(is_broken)
+    """Translated "Broken" / "Downloaded OK" / "Not sure if broken"."""
+    return tk._(st.is_broken_printable(is_broken))
+
+
+def archiver_reason(reason: Optional[str]) -> str:
+    """A stored reason in the reader's language (unknown text unchanged)."""
+    return reasons.translate(reason, tk._)
 
 
 def archiver_status_text(status_id: Optional[int]) -> str:
@@ -45,6 +52,15 @@ def _as_datetime(value: Any) -> Optional[datetime.datetime]:
         except ValueError:
             return None
     return None
+
+
+def archiver_datetime(value: Any) -> str:
+    """A stored (naive UTC) time for a page: date, hours and the time zone
+    (``ckan.display_timezone``), in the reader's language; '' for None."""
+    when = _as_datetime(value)
+    if when is None:
+        return ""
+    return tk.h.render_datetime(when, with_hours=True)
 
 
 def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
@@ -170,6 +186,8 @@ def get_helpers() -> dict[str, Any]:
     return {
         "archiver_is_broken_printable": archiver_is_broken_printable,
         "archiver_status_text": archiver_status_text,
+        "archiver_reason": archiver_reason,
+        "archiver_datetime": archiver_datetime,
         "archiver_status_class": archiver_status_class,
         "archiver_status_label": archiver_status_label,
         "archiver_cached_copy": archiver_cached_copy,

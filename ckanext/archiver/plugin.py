@@ -11,6 +11,7 @@ import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan import model
 from ckan.common import CKANConfig
+from ckan.lib.plugins import DefaultTranslation
 from ckan.types import Context
 
 from ckanext.archiver import model as archiver_model
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 @tk.blanket.helpers
 @tk.blanket.blueprints
 @tk.blanket.cli
-class ArchiverPlugin(p.SingletonPlugin):
+class ArchiverPlugin(p.SingletonPlugin, DefaultTranslation):
     p.implements(p.IConfigurer)
+    p.implements(p.ITranslation)  # ckanext/archiver/i18n, domain ckanext-archiver
     p.implements(p.IPackageController, inherit=True)
     p.implements(p.IResourceController, inherit=True)
     p.implements(p.ISignal)

@@ -31,6 +31,7 @@ from flask import Blueprint, Response, request, send_file, stream_with_context
 from ckanext.archiver import status as st
 from ckanext.archiver.helpers import archiver_dataset_url
 from ckanext.archiver.model import Archival, report
+from ckanext.archiver.model.trend import since_first_check
 from ckanext.archiver.tasks import archive_dir
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ def report_index():
     return tk.render("archiver/report_index.html", {
         "summaries": summaries,
         "totals": report.totals(summaries),
-        "trend": report.broken_trend(viewer, days=_trend_days(),
-                                     window=_trend_window()),
+        "trend": since_first_check(report.broken_trend(
+            viewer, days=_trend_days(), window=_trend_window())),
         "trend_window": _trend_window(),
     })
 
@@ -236,8 +237,8 @@ def report_org(org: str):
         "sort_url": lambda sort: _report_url(group.name, sort=sort, page=None),
         "export_url": lambda fmt: _report_url(group.name, format=fmt,
                                               page=None),
-        "trend": report.broken_trend(viewer, group.id, days=_trend_days(),
-                                     window=_trend_window()),
+        "trend": since_first_check(report.broken_trend(
+            viewer, group.id, days=_trend_days(), window=_trend_window())),
         "trend_window": _trend_window(),
     })
 
@@ -328,7 +329,12 @@ def _row_record(row: Any) -> dict[str, Any]:
 
 
 def _iso(value: Optional[datetime.datetime]) -> Optional[str]:
-    return value.isoformat() if value else None
+    """ISO 8601 with the UTC offset (stored times are naive UTC)."""
+    if not value:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.isoformat()
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

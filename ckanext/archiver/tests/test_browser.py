@@ -141,3 +141,25 @@ def test_report_index_to_organization_in_chromium(live_server, browser):
     wait.until(ec.presence_of_element_located((By.ID, "archiver-status")))
     assert "Link broken" in browser.find_element(By.ID, "archiver-status").text
     _screenshot(browser, "resource-page.png")
+
+
+def test_report_in_german(live_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    broken = _data()
+    browser.get(f"{live_server}/de/report/broken-links")
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.element_to_be_clickable((By.LINK_TEXT, "Health"))).click()
+    row = wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, f'tr[data-resource-id="{broken["id"]}"]')))
+    assert browser.current_url.endswith("/de/report/broken-links/health")
+    heading = browser.find_element(By.CSS_SELECTOR, "h1.page-heading").text
+    assert heading.startswith("Defekte Links")
+    assert "Der Server antwortete mit 404 Not Found" in row.text
+    assert "Defekt" in row.text and "Download-Fehler" in row.text
+    headers = browser.find_element(By.CSS_SELECTOR, "table thead").text
+    assert "Fehlerhaft seit" in headers and "Zuletzt geprüft" in headers
+    assert "(UTC)" in row.text  # times with hours and time zone
+    _screenshot(browser, "report-organization-de.png")
