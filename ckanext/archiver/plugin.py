@@ -14,8 +14,8 @@ from ckan.common import CKANConfig
 from ckan.lib.plugins import DefaultTranslation
 from ckan.types import Context
 
+from ckanext.archiver import logfilter, packages, queue
 from ckanext.archiver import model as archiver_model
-from ckanext.archiver import packages, queue
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ class ArchiverPlugin(p.SingletonPlugin, DefaultTranslation):
     def update_config(self, config: CKANConfig):
         tk.add_template_directory(config, "templates")
         tk.add_resource("assets", "ckanext-archiver")
+        # CKAN checks Redis right after loading the plugins: one line, no
+        # traceback, when it is down (the commands then say what to do)
+        logfilter.install()
 
     # ISignal
 
