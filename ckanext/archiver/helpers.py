@@ -126,6 +126,28 @@ def archiver_broken_resources(pkg: dict[str, Any]) -> int:
                if (res.get("archiver") or {}).get("is_broken"))
 
 
+def archiver_cached_resources(pkg: dict[str, Any]) -> int:
+    """How many of a dataset's resources have a cached copy (what its zip
+    at ``/dataset/<id>/archive.zip`` holds)."""
+    return sum(1 for res in pkg.get("resources") or []
+               if (res.get("archiver") or {}).get("cache_filepath"))
+
+
+def archiver_report_url_for_user() -> Optional[str]:
+    """For an editor or admin of organizations: the report to link from the
+    user menu (their organization's, or the index when they have several);
+    None for other users."""
+    user = tk.current_user
+    if not user or not user.is_authenticated:
+        return None
+    orgs = tk.h.organizations_available("create_dataset", include_dataset_count=False)
+    if not orgs:
+        return None
+    if len(orgs) == 1:
+        return tk.h.url_for("archiver.report_org", org=orgs[0]["name"])
+    return tk.h.url_for("archiver.report_index")
+
+
 def archiver_shorten_url(url: Optional[str], length: int = 60) -> str:
     """A long URL cut in the middle (``https://host/pa...ile.csv``)."""
     url = url or ""
@@ -192,6 +214,8 @@ def get_helpers() -> dict[str, Any]:
         "archiver_status_label": archiver_status_label,
         "archiver_cached_copy": archiver_cached_copy,
         "archiver_broken_resources": archiver_broken_resources,
+        "archiver_cached_resources": archiver_cached_resources,
+        "archiver_report_url_for_user": archiver_report_url_for_user,
         "archiver_without_status": archiver_without_status,
         "archiver_dataset_url": archiver_dataset_url,
         "archiver_shorten_url": archiver_shorten_url,

@@ -191,9 +191,13 @@ def test_org_filters_sort_and_pagination(app, site, ckan_config, monkeypatch):
     assert web[0]["is_web_page"] is True
     only = org_json(app, "health", admin, status=str(st.URL_INVALID))["rows"]
     assert [r["resource_name"] for r in only] == ["=Beds"]
-    for nonsense in ("99999999999999999999", "-1", "drop table"):
-        rows = org_json(app, "health", admin, status=nonsense)["rows"]
-        assert len(rows) == 2  # the default: every broken link
+    for nonsense in ("99999999999999999999", "-1", "drop table", "99"):
+        res = get(app, f"{REPORT}/health", admin, query_string={"status": nonsense})
+        assert res.status_code == 400, nonsense  # never a silent "all broken"
+        assert "Unknown status filter" in res.get_data(as_text=True)
+    for args in ({"sort": "url"}, {"page": "two"}):
+        res = get(app, f"{REPORT}/health", admin, query_string=args)
+        assert res.status_code == 400, args
     csv_rows = org_json(app, "health", admin, res_format="csv")["rows"]
     assert [r["resource_name"] for r in csv_rows] == ["Clinic list"]
     by_count = org_json(app, "health", admin, sort="-failure_count")["rows"]
@@ -290,7 +294,8 @@ def test_cached_copy_served_with_range_and_etag(app, cached):
 
 def test_private_cached_copy_needs_read_permission(app, cached):
     url = _copy_url(cached.private, cached.private_res)
-    for who, status in [(None, 403), ("outsider", 403), ("member", 200),
+    # 404, as for the dataset page: a 403 would confirm that the ids exist
+    for who, status in [(None, 404), ("outsider", 404), ("member", 200),
                         ("sysadmin", 200)]:
         res = get(app, url, getattr(cached, who) if who else None)
         assert res.status_code == status, who
