@@ -326,3 +326,33 @@ def test_orphans_dry_run_first(run, two_datasets, archive_dir):
     assert not stray.exists()
     assert model.Session.query(Archival).count() == 3
     assert "0 orphan rows and 0 orphan files" in run("orphans").output
+
+
+def test_update_wait_draws_a_progress_bar_on_a_terminal(make_ini, two_datasets,
+                                                        celery_worker):
+    # a real `ckan` process whose stdout is a pseudo-terminal
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ckan"), "-c", make_ini(),
+         "archiver", "update", "--wait", "--interval", "0.2"],
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.STDOUT)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the process closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "Queued 3 resources on bulk" in screen
+    assert "Checking" in screen and "3/3" in screen  # click's bar: label, pos/length
+    assert "3/3 checked (100%)" in screen and "1 broken so far" in screen
+    assert "\r" in screen  # redrawn in place, not one line per update
+    assert "Done: 3 resources checked, 1 broken, in " in screen
