@@ -25,7 +25,7 @@ LAYERS = [
     ("worker", lambda m: m.startswith(f"{P}.worker")),
     ("logic", lambda m: m.startswith(f"{P}.logic")),
     ("top", lambda m: m.startswith((f"{P}.views", f"{P}.testing")) or m in {
-        f"{P}.cli", f"{P}.plugin", f"{P}.helpers", P}),
+        f"{P}.cli", f"{P}.clitools", f"{P}.plugin", f"{P}.helpers", f"{P}.logfilter", P}),
 ]
 # Old import paths: thin re-exports that nothing in the package may import.
 SHIMS = {f"{P}.{n}" for n in ("fetch", "tasks", "queue", "celery_app", "netguard", "storage",
