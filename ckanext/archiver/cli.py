@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -13,36 +14,21 @@ import click
 import redis
 from ckan import model
 
-from ckanext.archiver import config, keys
+from ckanext.archiver import clitools, config, keys
+from ckanext.archiver.clitools import BROKER_ERRORS as _BROKER_ERRORS
+from ckanext.archiver.clitools import broker_error as _broker_error
+from ckanext.archiver.clitools import check_archive_dir as _check_archive_dir
+from ckanext.archiver.clitools import fail as _fail
+from ckanext.archiver.clitools import human_bytes, human_time, plural
 from ckanext.archiver.config import QUEUES
-from ckanext.archiver.model import Archival, ArchivalHistory, active_dataset, rows, selection
-from ckanext.archiver.model.org_notify import AlreadyRunning
-from ckanext.archiver.worker import batch, digest, dispatch, figures, zips
+from ckanext.archiver.model import Archival, ArchivalHistory, active_dataset, rows, selection, usage
+from ckanext.archiver.model.org_notify import AlreadyRunning, active_organizations
+from ckanext.archiver.worker import digest, dispatch, figures, zips
 from ckanext.archiver.worker.services import storage
 
 __all__ = ["archiver"]
 
 CHUNK = 10000
-
-
-def _fail(message: str) -> None:
-    tk.error_shout(message)
-    sys.exit(1)
-
-
-def _broker_error(e: Exception) -> None:
-    url = config.current().broker_url
-    _fail(f"Cannot reach the broker at {url} ({type(e).__name__}). Is Redis running?")
-
-
-def _check_archive_dir() -> None:
-    path = config.current().archive_dir
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        _fail(f"archive_dir {path} cannot be created: {e.strerror}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        _fail(f"archive_dir {path} is not writable by this user")
 
 
 @click.group(short_help="Check and archive resources")
@@ -54,13 +40,18 @@ def archiver():
 @click.argument("ids", nargs=-1)
 @click.option("--queue", "queue_name", type=click.Choice(QUEUES), default="bulk",
               show_default=True, help="Queue to put the resources on.")
-@click.option("--stale", type=float, metavar="DAYS",
+@click.option("--stale", type=click.FloatRange(min=0), metavar="DAYS",
               help="Only resources not checked for DAYS days (for cron).")
 @click.option("--broken", is_flag=True, help="Only resources broken now.")
 @click.option("--now", is_flag=True, help="Archive here, without Celery, with a progress bar.")
 @click.option("--force", is_flag=True, help="Download even when still fresh.")
+@click.option("--wait", is_flag=True,
+              help="Follow the run until every resource is checked (Ctrl-C stops "
+                   "following, not the run).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between progress updates with --wait.")
 def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken: bool,
-           now: bool, force: bool):
+           now: bool, force: bool, wait: bool, interval: float):
     """Archive resources. IDS are datasets, resources, organizations or
     groups (names or ids); none means every active dataset, private ones
     included."""
@@ -73,39 +64,31 @@ def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken
     if now:
         _check_archive_dir()
         rest = list(items)
-        _update_now(first + rest, force)
+        clitools.update_now(first + rest, force)
         return
-    total = 0
+    total = selected = 0
+    followed: list[str] = []
     try:
         chunk = first
         while chunk:
+            selected += len(chunk)
             total += dispatch.enqueue(chunk, queue_name, force=force)
+            if wait:
+                followed += [rid for rid, _pid in chunk]
             chunk = list(itertools.islice(items, CHUNK))
-        if stale is not None:
-            total += dispatch.requeue_lost()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        lost = dispatch.requeue_lost() if stale is not None else 0
+    except _BROKER_ERRORS as e:
         _broker_error(e)
-    click.echo(f"Queued {total} resources on {queue_name}")
-
-
-def _update_now(items: list[tuple[str, str]], force: bool) -> None:
-    try:
-        keys.client(config.current()).ping()
-        polite = True
-    except redis.exceptions.RedisError:
-        polite = False  # no Redis: no politeness across workers, still works
-    size = config.current().batch_size
-    totals = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
-    with click.progressbar(length=len(items), label="Archiving") as bar:
-        for start in range(0, len(items), size):
-            ids = [rid for rid, _pid in items[start:start + size]]
-            result = batch.archive_batch(ids, "bulk", force=force, attempt=10**6,
-                                         polite=polite)
-            for key, value in result.counts().items():
-                totals[key] += value
-            bar.update(len(ids))
-    click.echo("Done: {} archived, {} unchanged, {} broken, {} not sure".format(
-        totals["archived"], totals["unchanged"], totals["broken"], totals["not sure"]))
+        return
+    line = f"Queued {plural(total, 'resource')} on {queue_name}"
+    if selected - total:
+        line += f"; {plural(selected - total, 'resource')} already waiting"
+        line += " (not queued again)" if not force else ""
+    if lost:
+        line += f"; {plural(lost, 'lost resource')} queued again"
+    click.echo(line)
+    if wait and followed:
+        clitools.follow(followed, interval)
 
 
 WORKER_DEFAULTS = {
@@ -147,53 +130,85 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--no-workers", is_flag=True, help="Do not ask the workers (faster).")
 def status(as_json: bool, no_workers: bool):
-    """Queue lengths, workers, counts by status, oldest check."""
+    """Resources waiting per queue, workers, a summary by verdict, counts by
+    status, the archive's disk use, oldest check."""
     numbers = figures.numbers(with_workers=not no_workers)
+    try:
+        numbers["waiting_resources"] = (
+            clitools.waiting_resources() if numbers["queues"] is not None else None)
+    except redis.exceptions.RedisError:
+        numbers["waiting_resources"] = None
+    numbers["verdicts"] = clitools.verdicts(numbers["status_counts"])
+    numbers["archive"] = clitools.archive_use()
     if as_json:
         click.echo(json.dumps(numbers, indent=2))
         return
-    queues = numbers["queues"]
-    if queues is None:
+    waiting = numbers["waiting_resources"]
+    if waiting is None:
         click.echo("Queues: broker unreachable ({})".format(numbers["broker_error"]))
     else:
-        click.echo("Queues: " + ", ".join(f"{k} {v}" for k, v in queues.items()))
+        click.echo("Waiting: " + ", ".join(
+            f"{plural(v, 'resource')} on {k}" for k, v in waiting.items()))
     if "workers" in numbers:
-        click.echo("Workers: {} ({} tasks in flight)".format(
-            ", ".join(numbers["workers"]) or "none seen", numbers["tasks_in_flight"]))
+        click.echo("Workers: {} ({} in flight)".format(
+            ", ".join(numbers["workers"]) or "none seen",
+            plural(numbers["tasks_in_flight"], "task")))
+    verdicts = numbers["verdicts"]
+    click.echo("Links: {} ok, {} broken, {} not sure, {} never checked".format(
+        verdicts["ok"], verdicts["broken"], verdicts["not sure"],
+        numbers["resources"]["never_checked"]))
     for row in numbers["status_counts"]:
         click.echo("  {:>8}  {}".format(row["count"], row["status"]))
-    if numbers["resources"]["never_checked"]:
-        click.echo("  {:>8}  {}".format(numbers["resources"]["never_checked"],
-                                       "never checked"))
-    click.echo("Oldest check: {}".format(numbers["oldest_check"] or "-"))
+    archive = numbers["archive"]
+    free = human_bytes(archive["free"]) + " free" if archive["free"] is not None else \
+        "free space unknown"
+    click.echo("Archive: {}, {} ({}, {})".format(
+        plural(archive["files"], "cached file"), human_bytes(archive["bytes"]),
+        archive["path"], free))
+    oldest = numbers["oldest_check"]
+    click.echo("Oldest check: {}".format(
+        human_time(datetime.datetime.fromisoformat(oldest)) if oldest else "-"))
     click.echo("Checks in the last hour: {}".format(numbers["last_hour"]["done"]))
 
 
 @archiver.command()
-@click.argument("dataset", required=False)
-def view(dataset: Optional[str]):
-    """Archival information of a dataset (or a summary of all)."""
-    if not dataset:
-        total, broken = rows.counts()
-        click.echo(f"{total} resources have archival rows, {broken} broken links")
+@click.argument("ident", metavar="[DATASET_OR_RESOURCE]", required=False)
+def view(ident: Optional[str]):
+    """Archival information of a dataset or a resource (or a summary of
+    all)."""
+    if not ident:
+        total, broken = usage.checked_counts()
+        click.echo("{} checked, {}".format(plural(total, "resource"),
+                                          plural(broken, "broken link")))
         return
-    pkg = model.Package.get(dataset)
+    resource = model.Resource.get(ident)
+    pkg = model.Package.get(resource.package_id) if resource is not None else \
+        model.Package.get(ident)
     if pkg is None:
-        _fail(f"No dataset {dataset}")
+        _fail(f"Not a dataset or resource: {ident}")
         return
     found = {a.resource_id: a for a in Archival.get_for_package(pkg.id)}
-    click.echo(f"{pkg.name}: {pkg.title}")
-    for res in pkg.resources:
+    click.echo(f"{pkg.name}: {pkg.title}" + (" (private)" if pkg.private else ""))
+    shown = [resource] if resource is not None else [
+        r for r in pkg.resources if r.state == "active"]
+    for res in shown:
         a = found.get(res.id)
         click.echo(f"- {res.name or res.id} <{res.url}>")
+        click.echo(f"    id {res.id}")
         if a is None or a.status_id is None:
             click.echo("    not checked yet")
             continue
-        click.echo(f"    {a.status} ({a.is_broken_printable}): {a.reason}")
-        click.echo(f"    checked {a.updated}, failures {a.failure_count}, "
-                   f"last success {a.last_success}")
+        click.echo(f"    {a.status} ({a.is_broken_printable}): {a.reason or '-'}")
+        click.echo(f"    checked {human_time(a.updated)}")
+        if a.is_broken and a.first_failure:
+            click.echo(f"    failing since {human_time(a.first_failure)} "
+                       f"({plural(a.failure_count or 1, 'failed check')})")
+        click.echo(f"    last success {human_time(a.last_success)}")
+        if a.url_redirected_to:
+            click.echo(f"    redirected to {a.url_redirected_to}")
         if a.cache_filepath:
-            click.echo(f"    cached: {a.cache_filepath} ({a.size} bytes, {a.mimetype})")
+            click.echo(f"    cached: {a.cache_filepath} ({human_bytes(a.size)}, "
+                       f"{a.mimetype or 'type unknown'})")
 
 
 @archiver.command("clean-status")
@@ -207,26 +222,92 @@ def clean_status():
 
 @archiver.command("clean-cached")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-def clean_cached(dry_run: bool):
+@click.option("--larger-than", type=click.IntRange(min=1), metavar="BYTES",
+              help="Instead: remove the cached files larger than BYTES (for a new, "
+                   "lower max_content_length); their rows stay, without the copy.")
+def clean_cached(dry_run: bool, larger_than: Optional[int]):
     """Remove archived files of deleted resources, files no row names
     (orphans) and stale temp files."""
-    keep = rows.active_resource_ids()
-    files, freed = storage().clean(keep, dry_run=dry_run, files=rows.named_files(keep))
     verb = "Would remove" if dry_run else "Removed"
-    click.echo(f"{verb} {files} files, {freed} bytes")
+    try:
+        store = storage()
+        if larger_than:
+            large = usage.larger_than(larger_than)
+            freed = sum(a.size or 0 for a in large)
+            if not dry_run:
+                for a in large:
+                    store.remove(a.resource_id)
+                    a.cache_filepath = a.cache_url = None
+                model.Session.commit()
+            click.echo(f"{verb} {plural(len(large), 'file')} larger than "
+                       f"{human_bytes(larger_than)}, {human_bytes(freed)}")
+            return
+        keep = rows.active_resource_ids()
+        files, freed = store.clean(keep, dry_run=dry_run, files=rows.named_files(keep))
+    except OSError as e:
+        _fail(f"archive_dir {config.current().archive_dir} is not usable: {e.strerror or e}")
+        return
+    click.echo(f"{verb} {plural(files, 'file')}, {plural(freed, 'byte')}")
     if not dry_run and files:
         rows.clear_cache_columns(keep)
+
+
+@archiver.command("size-report")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many of the largest files to list.")
+def size_report(limit: int):
+    """The archive's size: totals by file type and the largest files."""
+    report = clitools.size_report(limit)
+    click.echo("Archive: {}, {} in {}".format(
+        plural(report["files"], "cached file"), human_bytes(report["bytes"]),
+        report["path"]))
+    if report["free"] is not None:
+        click.echo(f"Free space: {human_bytes(report['free'])}")
+    if report["by_type"]:
+        click.echo("By type:")
+        for mimetype, count, size in report["by_type"]:
+            click.echo(f"  {human_bytes(size):>10}  {plural(count, 'file'):>12}  {mimetype}")
+    if report["largest"]:
+        click.echo("Largest files:")
+        for rid, size, _mimetype, name, url in report["largest"]:
+            click.echo(f"  {human_bytes(size):>10}  {name}  {rid}  {url}")
+
+
+@archiver.command()
+@click.option("--delete", is_flag=True,
+              help="Delete what is listed (run without it first: it is a dry run).")
+def orphans(delete: bool):
+    """Archival rows of resources that are gone and files no row points to
+    (a dry run unless --delete)."""
+    try:
+        found = clitools.orphans()
+    except OSError as e:
+        _fail(f"archive_dir is not usable: {e.strerror or e}")
+        return
+    for rid, pid, path in found["rows"]:
+        click.echo(f"row   {rid} (dataset {pid}){' file ' + path if path else ''}")
+    for path in found["files"]:
+        click.echo(f"file  {path}")
+    n_rows, files = len(found["rows"]), len(found["files"])
+    if not delete:
+        click.echo(f"{plural(n_rows, 'orphan row')} and {plural(files, 'orphan file')}; "
+                   "run again with --delete to remove them")
+        return
+    removed = clitools.delete_orphans(found, storage())
+    click.echo(f"Deleted {plural(n_rows, 'orphan row')} and {plural(removed, 'orphan file')}")
 
 
 @archiver.command("purge-queues")
 def purge_queues():
     """Empty the priority and bulk queues."""
     try:
-        removed = dispatch.purge()
+        removed = clitools.waiting_resources()  # resources, not Celery messages
+        dispatch.purge()
     except redis.exceptions.RedisError as e:
         _broker_error(e)
         return
-    click.echo("Purged " + ", ".join(f"{v} from {k}" for k, v in removed.items()))
+    click.echo("Purged " + ", ".join(
+        f"{plural(v, 'resource')} from {k}" for k, v in removed.items()))
 
 
 @archiver.command()
@@ -295,6 +376,17 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
     """Email each organization's admins the links that broke or were fixed
     since their last digest, and call the webhook (for cron).
     ORGANIZATIONS (names or ids) limit the run; none means all."""
+    if organizations:
+        orgs = active_organizations(organizations)
+        known = {g.id for g in orgs} | {g.name for g in orgs}
+        unknown = [o for o in organizations if o not in known]
+        if unknown:
+            _fail("Not an organization: {}".format(", ".join(unknown)))
+            return
+    if not dry_run and not config.current().smtp_mail_from:
+        _fail("smtp.mail_from is not set in the CKAN config: no digest can be "
+              "sent (use --dry-run to see what would be sent)")
+        return
     try:
         results = digest.run(organizations, dry_run=dry_run)
     except AlreadyRunning as e:
@@ -312,6 +404,6 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
             parts.append("webhook " + ("delivered" if r.webhook else "FAILED"))
         click.echo(f"{r.organization}: " + ", ".join(parts))
     verb = "would be notified" if dry_run else "notified"
-    click.echo(f"{len(results)} organizations with changes {verb}")
+    click.echo(f"{plural(len(results), 'organization')} with changes {verb}")
     if any(r.webhook is False or r.mails_failed for r in results):
         sys.exit(1)

@@ -12,10 +12,17 @@ from markupsafe import Markup, escape
 
 from ckanext.archiver import status as st
 from ckanext.archiver import urls
+from ckanext.archiver.engine import reasons
 
 
 def archiver_is_broken_printable(is_broken: Optional[bool]) -> str:
-    return st.is_broken_printable(is_broken)
+    """Translated "Broken" / "Downloaded OK" / "Not sure if broken"."""
+    return tk._(st.is_broken_printable(is_broken))
+
+
+def archiver_reason(reason: Optional[str]) -> str:
+    """A stored reason in the reader's language (unknown text unchanged)."""
+    return reasons.translate(reason, tk._)
 
 
 def archiver_status_text(status_id: Optional[int]) -> str:
@@ -40,6 +47,15 @@ def _as_datetime(value: Any) -> Optional[datetime.datetime]:
         except ValueError:
             return None
     return None
+
+
+def archiver_datetime(value: Any) -> str:
+    """A stored (naive UTC) time for a page: date, hours and the time zone
+    (``ckan.display_timezone``), in the reader's language; '' for None."""
+    when = _as_datetime(value)
+    if when is None:
+        return ""
+    return tk.h.render_datetime(when, with_hours=True)
 
 
 def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
@@ -95,6 +111,30 @@ def archiver_broken_resources(pkg: dict[str, Any]) -> int:
     """How many of a dataset's resources were found broken."""
     return sum(1 for res in pkg.get("resources") or []
                if (res.get("archiver") or {}).get("is_broken"))
+
+
+def archiver_cached_resources(pkg: dict[str, Any]) -> int:
+    """How many of a dataset's resources have a cached copy (what its zip
+    at ``/dataset/<id>/archive.zip`` holds)."""
+    # cache_filepath for sysadmins, cache_filename for other readers
+    return sum(1 for res in pkg.get("resources") or []
+               if (res.get("archiver") or {}).get("cache_filepath")
+               or (res.get("archiver") or {}).get("cache_filename"))
+
+
+def archiver_report_url_for_user() -> Optional[str]:
+    """For an editor or admin of organizations: the report to link from the
+    user menu (their organization's, or the index when they have several);
+    None for other users."""
+    user = tk.current_user
+    if not user or not user.is_authenticated:
+        return None
+    orgs = tk.h.organizations_available("create_dataset", include_dataset_count=False)
+    if not orgs:
+        return None
+    if len(orgs) == 1:
+        return tk.h.url_for("archiver.report_org", org=orgs[0]["name"])
+    return tk.h.url_for("archiver.report_index")
 
 
 def archiver_shorten_url(url: Optional[str], length: int = 60) -> str:

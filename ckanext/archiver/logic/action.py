@@ -35,6 +35,16 @@ def _active_dataset(id_or_name: str, message: str = "Dataset not found") -> mode
     return package
 
 
+def _check_read(action: str, context: Context, data_dict: DataDict,
+                not_found: str) -> None:
+    """Who may not read it is told it does not exist (as the dataset page
+    does): a 403 would confirm that a private id exists."""
+    try:
+        tk.check_access(action, context, data_dict)
+    except tk.NotAuthorized:
+        raise tk.ObjectNotFound(not_found) from None
+
+
 @tk.side_effect_free
 def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, Any]:
     """Return the archival information of a resource: the result of its
@@ -48,7 +58,7 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, A
         size, mimetype, hashes, first_failure, last_success, ...)
     :rtype: dictionary
     """
-    tk.check_access("archiver_resource_show", context, data_dict)
+    _check_read("archiver_resource_show", context, data_dict, tk._("Resource not found"))
     resource_id = _validated_id(context, data_dict)
     archival = Archival.get_for_resource(resource_id)
     if archival is None:
@@ -70,7 +80,7 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
         ``resource_id``) per checked resource
     :rtype: dictionary
     """
-    tk.check_access("archiver_dataset_show", context, data_dict)
+    _check_read("archiver_dataset_show", context, data_dict, tk._("Dataset not found"))
     package = _active_dataset(_validated_id(context, data_dict))
     active = {r.id for r in package.resources}
     rows = [a for a in Archival.get_for_package(package.id)

@@ -39,9 +39,15 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-def iso(value: Optional[datetime.datetime]) -> Optional[str]:
-    """A timestamp as the API and exports show it (None stays None)."""
-    return value.isoformat() if value else None
+def iso(value: Optional[datetime.datetime], *, offset: bool = False) -> Optional[str]:
+    """A timestamp as the API and exports show it (None stays None); with
+    ``offset``, ISO 8601 with the UTC offset (stored times are naive UTC),
+    as the report's exports give it."""
+    if not value:
+        return None
+    if offset and value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.isoformat()
 
 
 def active_dataset(id_or_name: Optional[str]) -> Optional[model.Package]:

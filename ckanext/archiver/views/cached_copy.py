@@ -39,9 +39,10 @@ def _cached_file(archival: Archival, filename: str) -> Optional[str]:
 
 
 def cached_copy(id: str, resource_id: str, filename: str):
-    """The cached copy of a resource, with the dataset's read permission."""
+    """The cached copy of a resource, with the dataset's read permission
+    (404 for a reader who may not see it, as for the dataset page)."""
     require_access("resource_show", request_context(), resource_id, tk._("Resource not found"),
-                   tk._("Not authorized to see this resource"))
+                   tk._("Resource not found"), forbidden_status=404)
     resource = model.Resource.get(resource_id)
     package = active_dataset(id)
     if (resource is None or package is None or resource.state != "active"

@@ -4,6 +4,7 @@ dataset, or one of its resources, on the priority queue."""
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import ckan.plugins.toolkit as tk
 from ckan import model
@@ -16,6 +17,19 @@ from ckanext.archiver.views.common import request_context, require_access, requi
 __all__ = ["check_now"]
 
 log = logging.getLogger(__name__)
+
+
+def _report_came_from(value: Optional[str]) -> Optional[str]:
+    """A "Check now" from a report row goes back to that report page: only
+    a path of the report itself is accepted (never an open redirect)."""
+    if not value:
+        return None
+    base = tk.h.url_for("archiver.report_index")
+    if not value.startswith(base) or "//" in value or "\\" in value \
+            or any(ord(c) < 32 for c in value):
+        return None
+    rest = value[len(base):]
+    return value if rest == "" or rest[0] in "/?" else None
 
 
 def check_now(id: str):
@@ -58,4 +72,7 @@ def check_now(id: str):
                                        "checking"))
             else:
                 tk.h.flash_success(tk._("Queued for checking"))
+    back = _report_came_from(request.form.get("came_from"))
+    if back:
+        return tk.redirect_to(back)
     return tk.redirect_to(urls.dataset_url(package.type, package.name, resource_id))

@@ -31,14 +31,15 @@ def request_context() -> dict[str, Any]:
 
 
 def require_access(action: str, context: dict[str, Any], object_id: str,
-                   not_found: str, forbidden: str) -> None:
-    """``check_access`` for a view: 404 or 403 with the given messages."""
+                   not_found: str, forbidden: str, forbidden_status: int = 403) -> None:
+    """``check_access`` for a view: 404 or ``forbidden_status`` (403 unless
+    said) with the given messages."""
     try:
         tk.check_access(action, context, {"id": object_id})
     except tk.ObjectNotFound:
         tk.abort(404, not_found)
     except tk.NotAuthorized:
-        tk.abort(403, forbidden)
+        tk.abort(forbidden_status, forbidden)
 
 
 def readable_package_or_abort(id: str) -> model.Package:
@@ -113,6 +114,10 @@ def serve_archive_file(path: str, mimetype: str, etag: Any, download_name: str) 
             response.headers["X-Sendfile"] = path.encode("utf-8").decode("latin-1")
     else:
         response = send_file(path, mimetype=mimetype, conditional=True, etag=etag)
+        # werkzeug's conditional responses set Date, and the WSGI server
+        # (werkzeug, gunicorn, waitress) adds its own: keep the server's, as
+        # on every other CKAN page
+        response.headers.pop("Date", None)
     response.headers["Content-Disposition"] = content_disposition(download_name)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -7,33 +7,35 @@ members their organizations' private ones too, sysadmins everything."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import urlencode
 
 import ckan.plugins.toolkit as tk
-from ckan import model
+from ckan import authz, model
 from ckan.lib.pagination import Page
-from flask import Response, request, stream_with_context
+from flask import request
 
 from ckanext.archiver import config, urls
 from ckanext.archiver import status as st
 from ckanext.archiver.model import iso, report
-from ckanext.archiver.views.common import (
-    content_disposition,
-    no_shared_cache,
-    request_context,
-    viewer,
-)
+from ckanext.archiver.model.trend import since_first_check
+from ckanext.archiver.views.common import no_shared_cache, request_context, viewer
+from ckanext.archiver.views.export import stream
 
-__all__ = ["report_index", "report_org", "EXPORT_FORMATS"]
+__all__ = ["report_index", "report_org", "EXPORT_FORMATS", "INDEX_SORTS"]
 
 EXPORT_FORMATS = ("csv", "json")
 
-
-
+# Sort keys of the index table (``-key``: descending). No key: worst first.
+INDEX_SORTS: dict[str, Callable[[report.OrgSummary], Any]] = {
+    "organization": lambda s: (s.title or s.name or "").lower(),
+    "datasets": lambda s: s.datasets,
+    "broken_datasets": lambda s: s.broken_datasets,
+    "broken_datasets_percent": lambda s: s.broken_datasets_percent,
+    "resources": lambda s: s.resources,
+    "broken_resources": lambda s: s.broken_resources,
+    "broken_resources_percent": lambda s: s.broken_resources_percent,
+}
 
 def _export_format() -> Optional[str]:
     wanted = (request.args.get("format") or "").lower()
@@ -42,21 +44,43 @@ def _export_format() -> Optional[str]:
     return wanted or None
 
 
+def _index_sort() -> Optional[str]:
+    sort = (request.args.get("sort") or "").strip()
+    if sort and sort.lstrip("-") not in INDEX_SORTS:
+        tk.abort(400, tk._("Unknown sort {value}: use {choices}").format(
+            value=sort[:40], choices=", ".join(INDEX_SORTS)))
+    return sort or None
+
+
+def _sorted_summaries(summaries: list[report.OrgSummary],
+                      sort: Optional[str]) -> list[report.OrgSummary]:
+    if not sort:
+        return summaries
+    key = INDEX_SORTS[sort.lstrip("-")]
+    # "No organization" stays last; ties keep the worst-first order
+    named = [s for s in summaries if s.org_id is not None]
+    named.sort(key=key, reverse=sort.startswith("-"))
+    return named + [s for s in summaries if s.org_id is None]
+
+
 def report_index():
-    """Broken links per organization, worst first, with site totals."""
+    """Broken links per organization, worst first (or ``?sort=``), with
+    site totals."""
     export = _export_format()
+    sort = _index_sort()
     reader = viewer()
     no_shared_cache()
     options = config.current()
     if export:
-        return _stream(export, "broken-links", _index_columns(),
-                       lambda: _index_records(reader), meta={})
+        return stream(export, "broken-links", _index_columns(),
+                      lambda: _index_records(reader, sort), meta={})
     summaries = report.organization_summaries(reader)
     return tk.render("archiver/report_index.html", {
-        "summaries": summaries,
+        "summaries": _sorted_summaries(summaries, sort),
+        "sort": sort or "",
         "totals": report.totals(summaries),
-        "trend": report.broken_trend(reader, days=options.report_trend_days,
-                                     window=options.recheck_days),
+        "trend": since_first_check(report.broken_trend(
+            reader, days=options.report_trend_days, window=options.recheck_days)),
         "trend_window": options.recheck_days,
     })
 
@@ -67,8 +91,9 @@ def _index_columns() -> list[str]:
             "broken_resources_percent"]
 
 
-def _index_records(reader: report.Viewer) -> Iterator[dict[str, Any]]:
-    for s in report.organization_summaries(reader):
+def _index_records(reader: report.Viewer,
+                   sort: Optional[str] = None) -> Iterator[dict[str, Any]]:
+    for s in _sorted_summaries(report.organization_summaries(reader), sort):
         yield {
             "organization": s.name, "title": s.title,
             "datasets": s.datasets, "broken_datasets": s.broken_datasets,
@@ -90,54 +115,88 @@ def _organization_or_404(id: str) -> model.Group:
 
 
 def _filters() -> dict[str, Any]:
-    """The organization page's filters from the query string (anything
-    unknown falls back to the default)."""
+    """The organization page's filters from the query string; a value that
+    means nothing is refused with a 400 that says what is allowed (never a
+    silent fall-back to another list)."""
     status = (request.args.get("status") or report.SHOW_BROKEN).strip()
     show, status_id = report.SHOW_BROKEN, None
     if status in (report.SHOW_UNSURE, report.SHOW_WEB_PAGE):
         show = status
-    elif status.isdigit() and int(status) < 2 ** 31:
+    elif status.isdigit() and int(status) in st.STATUSES:
         status_id = int(status)
-    else:
-        status = report.SHOW_BROKEN
+    elif status != report.SHOW_BROKEN:
+        tk.abort(400, tk._("Unknown status filter {value}: use broken, unsure, "
+                           "webpage or a status id ({ids})").format(
+            value=status[:40], ids=", ".join(str(i) for i in st.STATUSES)))
     sort = request.args.get("sort") or report.DEFAULT_SORT
     if sort not in report.SORTS:
-        sort = report.DEFAULT_SORT
+        tk.abort(400, tk._("Unknown sort {value}: use {choices}").format(
+            value=sort[:40], choices=", ".join(report.SORTS)))
+    page = request.args.get("page") or "1"
+    if not page.isdigit():
+        tk.abort(400, tk._("The page must be a number"))
     return {"status": status, "show": show, "status_id": status_id,
             "res_format": (request.args.get("res_format") or "").strip(),
-            "sort": sort}
+            "sort": sort, "page": int(page),
+            "subs": request.args.get("include_sub_organizations") in ("1", "true", "on")}
+
+
+def _org_scope(group: model.Group, with_subs: bool) -> dict[str, model.Group]:
+    """The organization, and with ``with_subs`` its sub-organizations (all
+    levels, CKAN's group hierarchy), by id."""
+    scope = {group.id: group}
+    if with_subs:
+        for child in group.get_children_group_hierarchy(type="organization"):
+            org = model.Group.get(child[0])
+            if org is not None and org.state == "active":
+                scope[org.id] = org
+    return scope
+
+
+def _editable(org_ids: Iterable[str]) -> set[str]:
+    """The organizations whose datasets this reader may edit (and so have
+    re-checked from the report)."""
+    user = tk.current_user
+    if not user or not user.is_authenticated:
+        return set()
+    if user.sysadmin:
+        return set(org_ids)
+    return {org_id for org_id in org_ids if authz.has_user_permission_for_group_or_org(
+        org_id, user.name, "update_dataset")}
 
 
 def report_org(org: str):
-    """One organization's broken resources, paginated, sortable and
-    filterable; ``?format=csv|json`` streams all the rows."""
+    """One organization's broken resources (with
+    ``include_sub_organizations=1``, its sub-organizations' too), paginated,
+    sortable and filterable; ``?format=csv|json`` streams all the rows."""
     export = _export_format()
     group = _organization_or_404(org)
     reader = viewer()
     no_shared_cache()
     options = config.current()
     f = _filters()
+    scope = _org_scope(group, f["subs"])
+    org_ids = sorted(scope)
+    names = {org_id: o.name for org_id, o in scope.items()}
     query = dict(show=f["show"], status_id=f["status_id"],
                  res_format=f["res_format"] or None)
     if export:
-        return _stream(
+        return stream(
             export, f"broken-links-{group.name}", _row_columns(),
-            lambda: (_row_record(row) for row in report.iter_resource_rows(
-                reader, group.id, sort=f["sort"], **query)),
+            lambda: (_row_record(row, names) for row in report.iter_resource_rows(
+                reader, org_ids, sort=f["sort"], **query)),
             meta={"organization": {"id": group.id, "name": group.name,
                                    "title": group.title},
                   "filters": {"status": f["status"],
                               "res_format": f["res_format"],
-                              "sort": f["sort"]}})
+                              "sort": f["sort"],
+                              "include_sub_organizations": f["subs"]}})
 
     page_size = options.report_page_size
-    count = report.count_resource_rows(reader, group.id, **query)
+    count = report.count_resource_rows(reader, org_ids, **query)
     last_page = max((count - 1) // page_size + 1, 1)
-    try:
-        page_number = min(max(int(request.args.get("page", 1)), 1), last_page)
-    except ValueError:
-        page_number = 1
-    rows = report.resource_rows(reader, group.id, sort=f["sort"],
+    page_number = min(max(f["page"], 1), last_page)
+    rows = report.resource_rows(reader, org_ids, sort=f["sort"],
                                 limit=page_size,
                                 offset=(page_number - 1) * page_size, **query)
 
@@ -146,20 +205,25 @@ def report_org(org: str):
 
     page = Page(collection=rows, page=page_number, item_count=count,
                 items_per_page=page_size, presliced_list=True, url=pager_url)
-    facet_rows = report.facets(reader, group.id)
+    facet_rows = report.facets(reader, org_ids)
+    has_subs = len(scope) > 1 or bool(
+        not f["subs"] and group.get_children_group_hierarchy(type="organization"))
     return tk.render("archiver/report_org.html", {
         "organization": group,
         "rows": rows,
         "page": page,
         "count": count,
         "filters": f,
+        "has_sub_organizations": has_subs,
+        "organizations": scope,
+        "editable_orgs": _editable(org_ids),
         "status_options": _status_options(facet_rows),
         "format_options": _format_options(facet_rows, f),
         "sort_url": lambda sort: _report_url(group.name, sort=sort, page=None),
         "export_url": lambda fmt: _report_url(group.name, format=fmt,
                                               page=None),
-        "trend": report.broken_trend(reader, group.id, days=options.report_trend_days,
-                                     window=options.recheck_days),
+        "trend": since_first_check(report.broken_trend(
+            reader, org_ids, days=options.report_trend_days, window=options.recheck_days)),
         "trend_window": options.recheck_days,
     })
 
@@ -222,16 +286,19 @@ def _format_options(facet_rows: Iterable[Any],
 # -- exports -----------------------------------------------------------------
 
 def _row_columns() -> list[str]:
-    return ["dataset", "dataset_title", "dataset_url", "resource_id",
+    return ["organization", "dataset", "dataset_title", "private", "dataset_url",
+            "resource_id",
             "resource_name", "resource_url", "format", "url", "status_id",
             "status", "is_broken", "reason", "http_status", "first_failure",
             "last_success", "failure_count", "url_redirected_to",
             "is_web_page", "last_checked"]
 
 
-def _row_record(row: Any) -> dict[str, Any]:
+def _row_record(row: Any, org_names: dict[str, str]) -> dict[str, Any]:
     return {
+        "organization": org_names.get(row.owner_org),
         "dataset": row.package_name, "dataset_title": row.package_title,
+        "private": bool(row.private),
         "dataset_url": urls.dataset_url(row.package_type, row.package_name,
                                         qualified=True),
         "resource_id": row.resource_id, "resource_name": row.resource_name,
@@ -241,65 +308,9 @@ def _row_record(row: Any) -> dict[str, Any]:
         "format": row.format, "url": row.url, "status_id": row.status_id,
         "status": st.text(row.status_id), "is_broken": row.is_broken,
         "reason": row.reason, "http_status": row.http_status,
-        "first_failure": iso(row.first_failure),
-        "last_success": iso(row.last_success),
+        "first_failure": iso(row.first_failure, offset=True),
+        "last_success": iso(row.last_success, offset=True),
         "failure_count": row.failure_count,
         "url_redirected_to": row.url_redirected_to,
-        "is_web_page": row.is_web_page, "last_checked": iso(row.updated),
+        "is_web_page": row.is_web_page, "last_checked": iso(row.updated, offset=True),
     }
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_cell(value: Any) -> Any:
-    """Spreadsheet programs run cells that start like a formula: defuse
-    text from publishers (names, reasons) with a leading quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    if value is None:
-        return ""
-    return value
-
-
-def _stream(fmt: str, basename: str, columns: list[str],
-            records: Callable[[], Iterable[dict[str, Any]]],
-            meta: dict[str, Any]) -> Response:
-    """A streamed CSV or JSON response. ``records`` is called inside the
-    response's generator: the query runs while the body is sent, one
-    server-side cursor batch at a time."""
-
-    def csv_body() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
-        try:
-            for n, record in enumerate(records(), 1):
-                writer.writerow([_csv_cell(record.get(c)) for c in columns])
-                if n % 200 == 0:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
-            yield buffer.getvalue()
-        finally:
-            model.Session.remove()
-
-    def json_body() -> Iterator[str]:
-        head = json.dumps(meta)[:-1]
-        yield (head + ", " if meta else "{") + '"rows": ['
-        try:
-            for n, record in enumerate(records()):
-                yield ("," if n else "") + "\n" + json.dumps(record)
-        finally:
-            model.Session.remove()
-        yield "\n]}\n"
-
-    if fmt == "csv":
-        body, mimetype = csv_body(), "text/csv; charset=utf-8"
-    else:
-        body, mimetype = json_body(), "application/json"
-    response = Response(stream_with_context(body), mimetype=mimetype)
-    if fmt == "csv":
-        response.headers["Content-Disposition"] = content_disposition(
-            f"{basename}.csv")
-    return response

@@ -222,7 +222,7 @@ def test_crash_between_commit_and_clean_up_leaves_an_orphan_clean_cached_removes
 
     result = cli.invoke(ckan, ["-c", make_ini(), "archiver", "clean-cached"])
     assert result.exit_code == 0, result.output
-    assert "Removed 1 files, 2 bytes" in result.output
+    assert "Removed 1 file, 2 bytes" in result.output
     assert not os.path.exists(first) and os.path.exists(row.cache_filepath)
     assert _row(res["id"]).cache_filepath == row.cache_filepath
 
