@@ -19,7 +19,8 @@ import redis
 import sqlalchemy as sa
 from ckan import model
 
-from ckanext.archiver import celery_app
+from ckanext.archiver import celery_app, pool
+from ckanext.archiver.engine.hostqueue import HostQueue
 from ckanext.archiver.model import Archival, utcnow
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,18 @@ _redis: dict[str, redis.Redis] = {}
 Item = tuple[str, str]  # (resource_id, package_id)
 
 
+# Every download thread of a process may talk to Redis at once (its host's
+# slot and waiting list): one connection each, and a thread that finds
+# them all in use waits for one instead of failing.
+REDIS_CONNECTIONS = pool.POOL_SIZE + 16
+
+
 def redis_client() -> redis.Redis:
     url = celery_app.broker_url(tk.config)
     if url not in _redis:
-        _redis[url] = redis.Redis.from_url(url, socket_timeout=5,
-                                           socket_connect_timeout=3)
+        _redis[url] = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_timeout=5,
+            socket_connect_timeout=3))
     return _redis[url]
 
 
@@ -177,18 +185,32 @@ def lengths() -> dict[str, int]:
     return {q: int(r.llen(celery_app.queue_name(q, tk.config))) for q in QUEUES}
 
 
-def purge() -> dict[str, int]:
-    """Empty both queues and forget pending marks; return what was removed."""
+_UNQUEUE = sa.text("""
+    UPDATE archival SET queued_at = NULL
+    WHERE queued_at IS NOT NULL AND queued_at > coalesce(updated, 'epoch')
+""")
+
+
+def purge(for_good: bool = False) -> dict[str, int]:
+    """Empty both queues and the per-host waiting lists and forget pending
+    marks; return what was removed. ``for_good`` (``ckan archiver
+    purge-queues``): also say on the rows that nothing is queued any more,
+    or a worker's start (``requeue_lost``) would queue it all again, as it
+    does after a Redis loss."""
     r = redis_client()
     removed = {}
     for q in QUEUES:
         name = celery_app.queue_name(q, tk.config)
         removed[q] = int(r.llen(name))
         r.delete(name)
-    pattern = "archiver:{}:pending:*".format(tk.config.get("ckan.site_id"))
-    keys = list(r.scan_iter(match=pattern, count=1000))
+    prefix = "archiver:{}".format(tk.config.get("ckan.site_id"))
+    removed["waiting for their host"] = HostQueue(r, prefix, 1, 0, 1).purge()
+    keys = list(r.scan_iter(match=prefix + ":pending:*", count=1000))
     for start in range(0, len(keys), 1000):
         r.delete(*keys[start:start + 1000])
+    if for_good:
+        with model.meta.engine.begin() as conn:
+            conn.execute(_UNQUEUE)
     return removed
 
 
@@ -223,7 +245,16 @@ def needing_check(package_id: str) -> list[Item]:
             changed = (row.url or "") != (url or "").strip()
         if changed:
             items.append((rid, package_id))
-    if waiting:  # an edited dataset's resources waiting on bulk are raised
+    if waiting:
+        # A resource whose URL this save changed (CKAN marks it) is raised to
+        # priority even when a bulk batch has taken it already or it waits
+        # for its host: that check may have read the old URL, and its result
+        # is not recorded as the resource's state (tasks._superseded). When
+        # the save says nothing about URLs, every resource of the dataset
+        # still waiting on bulk is raised.
+        edited = {obj.id for obj in list(model.Session.identity_map.values())
+                  if isinstance(obj, model.Resource) and obj.package_id == package_id
+                  and getattr(obj, "url_changed", False)}
         try:
             with redis_client().pipeline(transaction=False) as pipe:
                 for rid in waiting:
@@ -231,7 +262,9 @@ def needing_check(package_id: str) -> list[Item]:
                 marks = pipe.execute()
         except redis.exceptions.RedisError:
             marks = []
-        items += [(rid, package_id) for rid, mark in zip(waiting, marks) if mark == b"bulk"]
+        for rid, mark in zip(waiting, marks):
+            if (rid in edited and mark != b"priority") or (not edited and mark == b"bulk"):
+                items.append((rid, package_id))
     return items
 
 

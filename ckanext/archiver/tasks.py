@@ -19,11 +19,13 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import json
 import logging
 import mimetypes
 import os
 import random
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -40,6 +42,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ckanext.archiver import celery_app, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
+from ckanext.archiver.engine import timer
+from ckanext.archiver.engine.hostqueue import Grant, HostQueue
 from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
 from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
@@ -115,6 +119,129 @@ def _limiter() -> HostLimiter:
         down_after=int(tk.config.get("ckanext.archiver.host_down_after")))
 
 
+PUMP_EVERY = 5.0  # seconds between two looks for waiting lists nobody serves
+SHORT_WAIT = 0.25  # a granted start this close is waited for on the thread
+
+
+def _hostqueue() -> HostQueue:
+    c = tk.config
+    hq = _hostqueue_for(
+        "archiver:{}".format(c.get("ckan.site_id")),
+        int(c.get("ckanext.archiver.per_host_concurrency")),
+        float(c.get("ckanext.archiver.per_host_min_interval")),
+        float(c.get("ckanext.archiver.total_timeout")) + 30,
+        int(c.get("ckanext.archiver.host_down_after")),
+        float(c.get("ckanext.archiver.per_host_start_interval")),
+        float(c.get("ckanext.archiver.per_host_max_interval")))
+    timer.every("archiver-pump", PUMP_EVERY, lambda: _start(hq.pump()))
+    return hq
+
+
+def _hostqueue_for(prefix: str, *args: Any) -> HostQueue:
+    key = (id(archiver_queue.redis_client()), prefix, *args)
+    hq = _hostqueues.get(key)
+    if hq is None:
+        hq = _hostqueues[key] = HostQueue(archiver_queue.redis_client(), prefix, *args)
+    return hq
+
+
+_hostqueues: dict[tuple, HostQueue] = {}
+
+
+@dataclass
+class _Deferral:
+    """A batch's checks go to their hosts' waiting lists when no slot is
+    free (``engine.hostqueue``); what a slot is granted to runs later in
+    this process (``_run_granted``)."""
+
+    hq: HostQueue
+    queue: str
+    queued_at: Optional[str]
+    force: bool
+    attempt: int
+
+    def entry(self, job: Job) -> str:
+        return json.dumps({"r": job.resource_id, "q": self.queue, "t": self.queued_at,
+                           "f": self.force, "a": self.attempt}, sort_keys=True)
+
+
+def _start(grants: list[Grant]) -> None:
+    """Run each granted check when its start is due (no thread waits)."""
+    for grant in grants:
+        timer.call_later(grant.wait, functools.partial(_run_granted, grant))
+
+
+def _run_granted(grant: Grant) -> None:
+    """A waiting check got its host's slot: archive it now, in this process."""
+    e = json.loads(grant.entry)
+    try:
+        result = archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant)
+        _queue_retries(result.retry, e["q"], e["f"], e["a"])
+    except Exception:
+        log.exception("Archiving resource %s (its host's turn came) failed", e["r"])
+        _give_back(grant)
+    finally:
+        model.Session.remove()
+
+
+def _give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None:
+    """Release a granted slot, with what its host did; start the grants the
+    release hands out."""
+    if grant is None or not grant.token:
+        return
+    try:
+        _start(_hostqueue().release(
+            grant.host, grant.token,
+            outcome.host_answered if outcome else None,
+            latency=outcome.duration if outcome else None,
+            http_status=outcome.http_status if outcome else None,
+            retry_after=outcome.retry_after if outcome else None))
+    except redis.exceptions.RedisError:  # the lease expires by itself
+        log.warning("Could not release the slot of host %s", grant.host)
+
+
+def _not_tried(job: Job, host: str, timeouts: int) -> Outcome:
+    return Outcome(
+        status_id=st.REQUEST_FAILED, url=job.url or "", transient=True,
+        reason=f"Not tried: {host} timed out on its last {timeouts} "
+               "requests or more (it is tried again once a minute)")
+
+
+def _take_slot(job: Job, host: str, deferral: _Deferral) -> Optional[Grant]:
+    """The slot for ``job`` if its host has one free now (or within
+    SHORT_WAIT); else ``job`` waits on its host's list (``job.deferred``)
+    or, its host not answering, gets its outcome."""
+    entry = deferral.entry(job)
+    try:
+        timeouts, grants = deferral.hq.submit(
+            host, entry, priority=deferral.queue == "priority",
+            mark=(archiver_queue.pending_key(job.resource_id), deferral.queue))
+    except redis.exceptions.RedisError:
+        job.retry = True
+        job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",
+                              reason="Queue broker unavailable (per-host limits)",
+                              transient=True)
+        return None
+    if timeouts:
+        job.outcome = _not_tried(job, host, timeouts)
+        return None
+    mine = None
+    for grant in grants:
+        if mine is None and grant.entry == entry and grant.wait <= SHORT_WAIT:
+            mine = grant
+        else:
+            _start([grant])
+    if mine is None:
+        job.deferred = True
+        return None
+    if mine.timeouts:
+        job.outcome = _not_tried(job, host, mine.timeouts)
+        return None
+    if mine.wait > 0:
+        time.sleep(mine.wait)  # at most SHORT_WAIT, and per_host_concurrency per host
+    return mine
+
+
 # ---------------------------------------------------------------------------
 # One batch
 
@@ -134,6 +261,9 @@ class Job:
     cache_url: Optional[str] = None
     skip_reason: Optional[str] = None
     retry: bool = False
+    grant: Optional[Grant] = None  # its host's slot, given while it waited
+    deferred: bool = False  # waits on its host's list: recorded by whoever runs it
+    superseded: bool = False  # its URL changed since: recorded in the history only
 
 
 @dataclass
@@ -142,6 +272,7 @@ class BatchResult:
     skipped: list[Job] = field(default_factory=list)
     retry: list[Job] = field(default_factory=list)
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
+    deferred: list[Job] = field(default_factory=list)  # on their hosts' waiting lists
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -241,9 +372,11 @@ def _from_upload(job: Job) -> Outcome:
 
 
 def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
-             force: bool) -> None:
-    """Check one resource; sets job.outcome (never raises)."""
+             force: bool, deferral: Optional[_Deferral] = None) -> None:
+    """Check one resource; sets job.outcome, or job.deferred when it waits
+    for its host (never raises)."""
     tmp_path = None
+    grant, job.grant = job.grant, None  # given back once, here
     try:
         if job.url_type == "upload":
             job.outcome = _from_upload(job)
@@ -258,7 +391,18 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
         fresh = (not force and previous is not None and previous.url == (job.url or "").strip()
                  and previous.fresh_until is not None
                  and previous.fresh_until > datetime.datetime.now(datetime.timezone.utc))
-        if limiter is not None and host and not fresh:
+        if grant is not None and grant.timeouts:
+            job.outcome = _not_tried(job, grant.host, grant.timeouts)
+            grant = None
+            return
+        if grant is not None and (not host or fresh or grant.host != host.lower()):
+            _give_back(grant)  # not needed (fresh), or the URL moved to another host
+            grant = None
+        if deferral is not None and host and not fresh and grant is None:
+            grant = _take_slot(job, host, deferral)
+            if grant is None:
+                return
+        if grant is None and limiter is not None and host and not fresh:
             try:
                 token = limiter.acquire(
                     host, timeout=float(tk.config.get("ckanext.archiver.host_wait")))
@@ -281,6 +425,9 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
             outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(store, job),
                             force=force, session=get_session(settings))
         finally:
+            if grant is not None:
+                _give_back(grant, outcome)
+                grant = None
             if token is not None:
                 try:
                     limiter.release(host, token, outcome.host_answered if outcome else None)
@@ -306,6 +453,7 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
             reason += f" ({os.strerror(e.errno)})"
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
     finally:
+        _give_back(grant)  # a slot granted and not used
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
         with contextlib.suppress(OSError):
@@ -359,15 +507,37 @@ def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
     return values
 
 
+def _superseded(jobs: list[Job]) -> set[str]:
+    """Resources whose URL is no longer the one their job checked (an edit
+    came in meanwhile; its own check is queued on priority). Their rows
+    are locked (FOR SHARE) until the caller commits, so an edit cannot
+    slip in between this look and the rows written."""
+    ids = [job.resource_id for job in jobs if job.url_type != "upload"]
+    if not ids:
+        return set()
+    r = model.Resource.__table__
+    current = dict(model.Session.execute(
+        sa.select(r.c.id, r.c.url).where(r.c.id.in_(ids)).with_for_update(read=True)).all())
+    return {job.resource_id for job in jobs if job.resource_id in current
+            and (current[job.resource_id] or "").strip() != (job.url or "").strip()}
+
+
 def _save(jobs: list[Job]) -> None:
     if not jobs:
         return
     now = utcnow()
     table = Archival.__table__
+    # a result for a URL the resource no longer has goes to the history only
+    superseded = _superseded(jobs)
+    for job in jobs:
+        if job.resource_id in superseded:
+            job.superseded = True
     # one statement per set of columns (rows differ: a failure keeps the
     # cached copy's columns), each run for all its rows at once
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for job in jobs:
+        if job.superseded:
+            continue
         values = _row_values(job, now)
         groups.setdefault(tuple(sorted(values)), []).append(
             dict(values, id=job.resource_id, created=now))
@@ -407,8 +577,14 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   attempt: int = 0, polite: bool = True,
                   wait_max: Optional[float] = None,
                   on_late: Optional[Callable[[BatchResult], None]] = None,
-                  handed_off_at: Optional[str] = None) -> BatchResult:
+                  handed_off_at: Optional[str] = None, defer: bool = False,
+                  grant: Optional[Grant] = None) -> BatchResult:
     """Archive resources now, in this process.
+
+    With ``defer``, a resource whose host has no free slot is not waited
+    for: it goes on its host's waiting list (``result.deferred``) and is
+    archived by the process whose slot on the host comes free next
+    (``grant``: the slot given to the one resource of this call).
 
     With ``wait_max``, downloads still running when the batch is mostly done
     (``pool.run_batch``) are handed off: they are in ``result.late``, and
@@ -421,6 +597,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
     handed_off = datetime.datetime.fromisoformat(handed_off_at) if handed_off_at else None
     jobs = _load_jobs(list(resource_ids))
+    if grant is not None:
+        for job in jobs:
+            job.grant = grant
     todo = []
     for job in jobs:
         if not job.active:
@@ -428,6 +607,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         elif _already_done(job, handed_off) or (not force and _already_done(job, queued)):
             job.skip_reason = "already checked since queued"
         (result.skipped if job.skip_reason else todo).append(job)
+        if job.skip_reason and job.grant is not None:
+            _give_back(job.grant)
+            job.grant = None
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     _mark_started(todo)
@@ -445,24 +627,37 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         for job in todo:
             job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         result.recorded = todo
+        for job in todo:
+            _give_back(job.grant)
         _save(todo)
         return result
-    limiter = _limiter() if polite else None
+    deferral = None
+    if polite and (defer or grant is not None):
+        deferral = _Deferral(_hostqueue(), queue_name, queued_at, force, attempt)
+    limiter = _limiter() if polite and deferral is None else None
     max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
     if len(todo) == 1:
-        _run_one(todo[0], store, limiter, force)
+        _run_one(todo[0], store, limiter, force, deferral)
         done, late = todo, []
     else:
         late_batch = _LateBatch(queue_name, attempt, max_retries, on_late)
-        done, late = pool.run_batch(todo, lambda j: _run_one(j, store, limiter, force),
-                                    late_batch.finish, wait_max)
+        done, late = pool.run_batch(
+            todo, lambda j: _run_one(j, store, limiter, force, deferral),
+            late_batch.finish, wait_max)
+    result.deferred = [job for job in done if job.deferred]
+    done = [job for job in done if not job.deferred]
     result.recorded, result.retry = _split(done, attempt, max_retries)
     result.late = late
     # every attempt is recorded, so the page says what happened last; only
     # final results are announced downstream
     _save(result.recorded + result.retry)
-    _notify(result.recorded, queue_name, packages={
-        job.package_id for job in result.recorded} - {job.package_id for job in late})
+    waiting = {job.package_id for job in late + result.deferred}
+    if grant is None:
+        _notify(result.recorded, queue_name,
+                packages={job.package_id for job in result.recorded} - waiting)
+    else:  # one of a dataset's resources that waited: is the dataset done?
+        _notify(result.recorded, queue_name, packages=set())
+        _announce_finished({job.package_id for job in result.recorded}, queue_name)
     if late:
         late_batch.handed_off(result.recorded, late)
     return result
@@ -499,6 +694,13 @@ class _LateBatch:
         """One late download ended (on its thread)."""
         try:
             result = BatchResult()
+            if job.deferred:  # recorded by whoever runs it
+                with self.lock:
+                    self.finished += 1
+                    complete = self.late is not None and self.finished == len(self.late)
+                if complete:
+                    self._announce()
+                return
             result.recorded, result.retry = _split([job], self.attempt, self.max_retries)
             _save(result.recorded + result.retry)
             _notify(result.recorded, self.queue_name, packages=set())
@@ -527,12 +729,29 @@ class _LateBatch:
                 complete=self.final)
 
 
+def _announce_finished(package_ids: set, queue_name: str) -> None:
+    """``package-archived`` for each dataset none of whose active resources
+    is still queued (for resources archived apart from their batch)."""
+    package_ids = {pid for pid in package_ids if pid}
+    if not package_ids:
+        return
+    r, a = model.Resource, Archival
+    open_ = model.Session.query(r.package_id).join(a, a.resource_id == r.id).filter(
+        r.package_id.in_(list(package_ids)), r.state == "active",
+        a.queued_at.isnot(None),
+        a.queued_at > sa.func.coalesce(a.updated, sa.text("'epoch'"))).distinct().all()
+    for pid in package_ids - {row[0] for row in open_}:
+        interfaces.notify("package-archived", queue_name, package_id=pid)
+
+
 def _notify(jobs: list[Job], queue_name: str, packages: Optional[set] = None,
             complete: Optional[list[Job]] = None) -> None:
     """Announce ``jobs``, then each dataset of ``packages`` (default: those
     of ``jobs``) whose active resources are all in ``complete`` (default:
     ``jobs``)."""
     for job in jobs:
+        if job.superseded:
+            continue
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
                           cache_filepath=job.cache_filepath or (job.previous or {}).get(
                               "cache_filepath"))
@@ -626,7 +845,8 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         wait = float(tk.config.get("ckanext.archiver.batch_wait"))
         result = archive_batch(resource_ids, queue, queued_at, force, attempt,
                                wait_max=wait if wait > 0 else None,  # 0: wait for all
-                               on_late=retry_late, handed_off_at=handed_off_at)
+                               on_late=retry_late, handed_off_at=handed_off_at,
+                               defer=True)
         _queue_retries(result.retry, queue, force, attempt)
         if result.late:
             archive_resources.apply_async(
@@ -637,6 +857,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         counts = result.counts()
         counts["retrying"] = len(result.retry)
         counts["handed off"] = len(result.late)
+        counts["waiting for their host"] = len(result.deferred)
         return counts
     except sa.exc.OperationalError as e:  # database unavailable: retry later
         model.Session.rollback()
