@@ -252,7 +252,7 @@ def needing_check(package_id: str) -> list[Item]:
         # is not recorded as the resource's state (tasks._superseded). When
         # the save says nothing about URLs, every resource of the dataset
         # still waiting on bulk is raised.
-        edited = {obj.id for obj in list(model.Session.identity_map.values())
+        edited = {obj.id for obj in _touched(model.Session())
                   if isinstance(obj, model.Resource) and obj.package_id == package_id
                   and getattr(obj, "url_changed", False)}
         try:
@@ -266,6 +266,16 @@ def needing_check(package_id: str) -> list[Item]:
             if (rid in edited and mark != b"priority") or (not edited and mark == b"bulk"):
                 items.append((rid, package_id))
     return items
+
+
+def _touched(session: Any) -> set:
+    """Objects this transaction changed or added, flushed (CKAN's own
+    record of them, which its IResourceUrlChange uses too) or not (a flag
+    left on an object by an earlier transaction of the session does not
+    count)."""
+    cache = getattr(session, "_object_cache", None) or {}
+    return (set(cache.get("changed", ())) | set(cache.get("new", ()))
+            | set(session.dirty) | set(session.new))
 
 
 def _listen() -> None:

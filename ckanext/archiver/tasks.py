@@ -612,7 +612,8 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
             job.grant = None
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
-    _mark_started(todo)
+    if grant is None:  # a check that waited for its host was marked when it was taken
+        _mark_started(todo)
     if handed_off is None:  # a check of handed-off downloads holds no pending marks
         archiver_queue.release(resource_ids)
     if not todo:
