@@ -166,22 +166,93 @@ class _Deferral:
 
 
 def _start(grants: list[Grant]) -> None:
-    """Run each granted check when its start is due (no thread waits)."""
+    """Run each granted check when its start is due (no thread waits). Its
+    pending mark goes now: should this process die first, the check looks
+    lost and ``requeue_lost`` queues it again."""
+    if not grants:
+        return
+    try:
+        archiver_queue.release(json.loads(g.entry)["r"] for g in grants)
+    except redis.exceptions.RedisError:
+        log.warning("Could not drop the pending marks of %d checks", len(grants))
     for grant in grants:
         timer.call_later(grant.wait, functools.partial(_run_granted, grant))
 
 
 def _run_granted(grant: Grant) -> None:
-    """A waiting check got its host's slot: archive it now, in this process."""
+    """A waiting check got its host's slot: archive it now, in this process
+    (its row is written by the process's _Recorder)."""
     e = json.loads(grant.entry)
     try:
-        result = archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant)
-        _queue_retries(result.retry, e["q"], e["f"], e["a"])
+        archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant)
     except Exception:
         log.exception("Archiving resource %s (its host's turn came) failed", e["r"])
         _give_back(grant)
     finally:
         model.Session.remove()
+
+
+@dataclass
+class _Recorder:
+    """Writes the rows of checks that waited for their host a few at a time
+    (one transaction, one look for finished datasets, instead of one each):
+    one thread per process, at most WAIT seconds behind. What it holds
+    counts as the process's late work (``pool.drain`` waits for it)."""
+
+    WAIT = 0.05
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    items: list = field(default_factory=list)
+
+    @classmethod
+    def get(cls) -> _Recorder:
+        pid = os.getpid()
+        recorder = _recorders.get(pid)
+        if recorder is None:
+            with _recorders_lock:
+                recorder = _recorders.get(pid)
+                if recorder is None:
+                    recorder = _recorders[pid] = cls()
+                    threading.Thread(target=recorder._loop, name="archiver-recorder",
+                                     daemon=True).start()
+        return recorder
+
+    def add(self, result: BatchResult, queue_name: str, force: bool, attempt: int) -> None:
+        pool.late_started()
+        with self.changed:
+            self.items.append((result, queue_name, force, attempt))
+            self.changed.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: self.items)
+            time.sleep(self.WAIT)  # let a few more come
+            with self.changed:
+                items, self.items = self.items, []
+            try:
+                self._write(items)
+            except Exception:
+                log.exception("Recording %d checks failed", len(items))
+            finally:
+                model.Session.remove()
+                for _ in items:
+                    pool.late_done()
+
+    @staticmethod
+    def _write(items: list) -> None:
+        _save([job for result, *_ in items for job in result.recorded + result.retry])
+        queues: dict[str, list[Job]] = {}
+        for result, queue_name, _force, _attempt in items:
+            queues.setdefault(queue_name, []).extend(result.recorded)
+        for queue_name, jobs in queues.items():
+            _notify(jobs, queue_name, packages=set())
+            _announce_finished({job.package_id for job in jobs}, queue_name)
+        for result, queue_name, force, attempt in items:
+            _queue_retries(result.retry, queue_name, force, attempt)
+
+
+_recorders: dict[int, _Recorder] = {}
+_recorders_lock = threading.Lock()
 
 
 def _give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None:
@@ -649,16 +720,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     done = [job for job in done if not job.deferred]
     result.recorded, result.retry = _split(done, attempt, max_retries)
     result.late = late
+    if grant is not None:  # a check that waited for its host
+        _Recorder.get().add(result, queue_name, force, attempt)
+        return result
     # every attempt is recorded, so the page says what happened last; only
     # final results are announced downstream
     _save(result.recorded + result.retry)
     waiting = {job.package_id for job in late + result.deferred}
-    if grant is None:
-        _notify(result.recorded, queue_name,
-                packages={job.package_id for job in result.recorded} - waiting)
-    else:  # one of a dataset's resources that waited: is the dataset done?
-        _notify(result.recorded, queue_name, packages=set())
-        _announce_finished({job.package_id for job in result.recorded}, queue_name)
+    _notify(result.recorded, queue_name,
+            packages={job.package_id for job in result.recorded} - waiting)
     if late:
         late_batch.handed_off(result.recorded, late)
     return result

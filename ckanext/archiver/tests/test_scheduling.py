@@ -179,3 +179,28 @@ def test_redis_client_serves_more_threads_than_connections(monkeypatch):
         t.join()
     assert errors == []
     queue._redis.clear()
+
+
+def test_a_429_with_retry_after_holds_the_host_back(raw_server, polite):
+    """The pace honours Retry-After for every check of the host, and none
+    of them waits on a thread meanwhile."""
+    polite(1)
+    seen = []
+
+    def busy_then_ok(request, conn):
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            respond(conn, 429, b"slow down", {"Retry-After": "2"}, keep_alive=True)
+        else:
+            respond(conn, 200, b"a,b\n1,2\n", {"Content-Type": "text/csv"}, keep_alive=True)
+        return KEEP_ALIVE
+
+    pkg, ids = _dataset(raw_server, busy_then_ok, 3)
+    started = time.monotonic()
+    counts = tasks.archive_resources.apply(args=[ids], kwargs={"queue": "bulk"}).get()
+    assert time.monotonic() - started < 1.5 and counts["waiting for their host"] == 2
+    wait_for(lambda: _checked(ids) == 3, timeout=15)
+    assert len(seen) == 3
+    assert seen[1] - seen[0] >= 1.9, "nothing before Retry-After"
+    # backed off to 1 s, then half way back towards the fast answers twice
+    assert tasks._hostqueue().pace("127.0.0.1")["gap"] == pytest.approx(0.25, abs=0.02)
