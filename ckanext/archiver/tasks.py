@@ -133,8 +133,15 @@ def _hostqueue() -> HostQueue:
         int(c.get("ckanext.archiver.host_down_after")),
         float(c.get("ckanext.archiver.per_host_start_interval")),
         float(c.get("ckanext.archiver.per_host_max_interval")))
-    timer.every("archiver-pump", PUMP_EVERY, lambda: _start(hq.pump()))
+    timer.every("archiver-pump", PUMP_EVERY, _pump)
     return hq
+
+
+def _pump() -> None:
+    try:
+        _start(_hostqueue().pump())
+    except redis.exceptions.RedisError as e:  # the broker is down: next time
+        log.warning("Could not look at the hosts' waiting lists (%s)", type(e).__name__)
 
 
 def _hostqueue_for(prefix: str, *args: Any) -> HostQueue:
@@ -176,7 +183,30 @@ def _start(grants: list[Grant]) -> None:
     except redis.exceptions.RedisError:
         log.warning("Could not drop the pending marks of %d checks", len(grants))
     for grant in grants:
-        timer.call_later(grant.wait, functools.partial(_run_granted, grant))
+        _wake(grant, time.monotonic() + grant.wait)
+
+
+RECHECK = 1.0  # seconds between two looks at a host a granted check waits for
+
+
+def _wake(grant: Grant, due: float) -> None:
+    """Start ``grant`` at ``due``; a long wait (a host backing off) looks
+    every RECHECK seconds whether the host stopped answering meanwhile, and
+    then records it as not tried at once."""
+    left = due - time.monotonic()
+    if left > RECHECK and grant.token:
+        def look() -> None:
+            try:
+                down = _hostqueue().not_answering(grant.host)
+            except redis.exceptions.RedisError:
+                down = 0
+            if down:
+                _run_granted(grant)  # not tried (grant.wait > 0)
+            else:
+                _wake(grant, due)
+        timer.call_later(RECHECK, look)
+    else:
+        timer.call_later(left, functools.partial(_run_granted, grant))
 
 
 def _run_granted(grant: Grant) -> None:
@@ -272,6 +302,8 @@ def _give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> Non
 
 
 def _not_tried(job: Job, host: str, timeouts: int) -> Outcome:
+    """``timeouts``: host_down_after (the reason's text stays the same
+    however many more timed out)."""
     return Outcome(
         status_id=st.REQUEST_FAILED, url=job.url or "", transient=True,
         reason=f"Not tried: {host} timed out on its last {timeouts} "
@@ -294,7 +326,7 @@ def _take_slot(job: Job, host: str, deferral: _Deferral) -> Optional[Grant]:
                               transient=True)
         return None
     if timeouts:
-        job.outcome = _not_tried(job, host, timeouts)
+        job.outcome = _not_tried(job, host, deferral.hq.down_after)
         return None
     mine = None
     for grant in grants:
@@ -306,7 +338,7 @@ def _take_slot(job: Job, host: str, deferral: _Deferral) -> Optional[Grant]:
         job.deferred = True
         return None
     if mine.timeouts:
-        job.outcome = _not_tried(job, host, mine.timeouts)
+        job.outcome = _not_tried(job, host, deferral.hq.down_after)
         return None
     if mine.wait > 0:
         time.sleep(mine.wait)  # at most SHORT_WAIT, and per_host_concurrency per host
@@ -463,12 +495,19 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
                  and previous.fresh_until is not None
                  and previous.fresh_until > datetime.datetime.now(datetime.timezone.utc))
         if grant is not None and grant.timeouts:
-            job.outcome = _not_tried(job, grant.host, grant.timeouts)
+            job.outcome = _not_tried(job, grant.host, deferral.hq.down_after if deferral
+                                     else grant.timeouts)
             grant = None
             return
         if grant is not None and (not host or fresh or grant.host != host.lower()):
             _give_back(grant)  # not needed (fresh), or the URL moved to another host
             grant = None
+        if grant is not None and deferral is not None and grant.wait > RECHECK and \
+                deferral.hq.not_answering(grant.host):
+            # the host stopped answering while this check waited for its start
+            _give_back(grant)
+            job.outcome = _not_tried(job, host, deferral.hq.down_after)
+            return
         if deferral is not None and host and not fresh and grant is None:
             grant = _take_slot(job, host, deferral)
             if grant is None:
@@ -685,7 +724,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     # queued resource looks lost (requeue_lost would queue it twice)
     if grant is None:  # a check that waited for its host was marked when it was taken
         _mark_started(todo)
-    if handed_off is None:  # a check of handed-off downloads holds no pending marks
+    # a check of handed-off downloads holds no pending marks, nor does one
+    # that waited for its host (dropped when its slot was granted: _start)
+    if handed_off is None and grant is None:
         archiver_queue.release(resource_ids)
     if not todo:
         return result

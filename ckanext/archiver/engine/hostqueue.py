@@ -23,8 +23,8 @@ timeout, a 429 or a 503 doubles it (at least one second), and a
 host not seen yet starts at ``start_interval``.
 
 A host whose last ``down_after`` requests timed out counts as not
-answering (as in ``politeness``): one probe a minute, the other checks are
-handed back as not tried.
+answering (as in ``politeness``): one probe a minute (at once, whatever the
+pace), the other checks are handed back as not tried.
 
 The keys of ``politeness.HostLimiter`` (leases, last start, timeouts,
 probe) are the same, so both can run side by side.
@@ -84,6 +84,7 @@ local function grant(now, out)
       local nb = tonumber(redis.call('HGET', KEYS[5], 'not_before') or '0')
       local last = tonumber(redis.call('GET', KEYS[2]) or '0')
       local start = math.max(now, last + delay, nb)
+      if down then start = now end  -- the probe: one a PROBE_INTERVAL, not paced
       if start - now > tonumber(ARGV[8]) then break end  -- pump gives it later
       redis.call('ZREM', KEYS[6], head[1])
       if down then redis.call('SET', KEYS[4], '1', 'EX', ARGV[5]) end
@@ -261,6 +262,18 @@ class HostQueue:
             out += self._grants(host, self._pump(keys=self._keys(host),
                                                  args=self._args(host)))
         return out
+
+    def not_answering(self, host: str) -> int:
+        """Timeouts in a row when ``host`` counts as not answering and its
+        probe is out (a check granted earlier should not start), else 0."""
+        keys = self._keys(host.lower())
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(keys[2])
+            pipe.exists(keys[3])
+            timeouts, probe = pipe.execute()
+        timeouts = int(timeouts or 0)
+        down = self.down_after and timeouts >= self.down_after and probe
+        return timeouts if down else 0
 
     def pace(self, host: str) -> dict:
         """The host's state: gap (s), not_before, waiting, leased."""

@@ -170,3 +170,14 @@ def test_purge_forgets_every_waiting_list(queue_for):
         hq.submit("two.example", name)
     assert hq.purge() == 4
     assert hq.waiting("one.example") == [] and hq.pump() == []
+
+
+def test_not_answering_once_the_probe_is_out(queue_for):
+    hq = queue_for(max_concurrent=4, down_after=2)
+    assert hq.not_answering("dead.example") == 0
+    for name in "ab":
+        [grant] = hq.submit("dead.example", name)[1]
+        hq.release("dead.example", grant.token, answered=False)
+    assert hq.not_answering("dead.example") == 0, "down, but its probe not out yet"
+    assert hq.submit("dead.example", "probe")[1][0].wait == 0, "the probe, not paced"
+    assert hq.not_answering("dead.example") == 2
