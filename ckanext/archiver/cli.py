@@ -220,9 +220,10 @@ def clean_cached(dry_run: bool):
 
 @archiver.command("purge-queues")
 def purge_queues():
-    """Empty the priority and bulk queues."""
+    """Empty the priority and bulk queues, for good (nothing comes back at
+    the next worker start)."""
     try:
-        removed = dispatch.purge()
+        removed = dispatch.purge(for_good=True)
     except redis.exceptions.RedisError as e:
         _broker_error(e)
         return

@@ -12,8 +12,8 @@ from ckan import model
 
 from ckanext.archiver.model import Archival, utcnow
 
-__all__ = ["mark_queued", "lost", "forget", "delete_orphans", "clear_cache_columns",
-           "active_resource_ids", "named_files", "counts"]
+__all__ = ["mark_queued", "lost", "unqueue_all", "datasets_waiting", "forget",
+           "delete_orphans", "clear_cache_columns", "active_resource_ids", "named_files", "counts"]
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
@@ -46,6 +46,29 @@ def lost(started_before: datetime.datetime) -> list[Item]:
         sa.or_(Archival.started_at.is_(None), Archival.started_at < started_before),
     ).all()
     return [(rid, pid) for rid, pid in rows]
+
+
+_UNQUEUE = sa.text("""
+    UPDATE archival SET queued_at = NULL
+    WHERE queued_at IS NOT NULL AND queued_at > coalesce(updated, 'epoch')
+""")
+
+
+def unqueue_all() -> None:
+    """Nothing is queued any more (``purge-queues``): else a worker's start
+    (``lost``) would queue it all again."""
+    with model.meta.engine.begin() as conn:
+        conn.execute(_UNQUEUE)
+
+
+def datasets_waiting(package_ids: set[str]) -> set[str]:
+    """The datasets of ``package_ids`` with an active resource still queued."""
+    r, a = model.Resource, Archival
+    return {row[0] for row in model.Session.query(r.package_id).join(
+        a, a.resource_id == r.id).filter(
+        r.package_id.in_(list(package_ids)), r.state == "active",
+        a.queued_at.isnot(None),
+        a.queued_at > sa.func.coalesce(a.updated, sa.text("'epoch'"))).distinct()}
 
 
 def forget(resource_ids: Sequence[str]) -> None:

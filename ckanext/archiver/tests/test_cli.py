@@ -150,6 +150,9 @@ def test_purge_queues_and_init(run, two_datasets):
     run("update")
     assert ", 1 from bulk" in run("purge-queues").output
     assert dispatch.lengths() == {"priority": 0, "bulk": 0}
+    # for good: a worker's start does not queue it all again
+    assert dispatch.requeue_lost() == 0
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     assert run("init").exit_code == 0
 
 
