@@ -38,6 +38,7 @@ SHORT_WAIT = 0.25  # a granted start this close is waited for on the thread
 RECHECK = 1.0  # seconds between two looks at a host a granted check waits for
 
 _hostqueues: dict[tuple, HostQueue] = {}
+_last: list[HostQueue] = []  # the one the pump serves (no config read on the timer thread)
 _runner: list[Callable[[Grant], None]] = []
 
 
@@ -52,6 +53,7 @@ def hostqueue(options: Optional[config.Options] = None) -> HostQueue:
     hq = _hostqueues.get(key)
     if hq is None:
         hq = _hostqueues[key] = HostQueue(client, *args)
+    _last[:] = [hq]  # (every call: the options may have changed back)
     timer.every("archiver-pump", PUMP_EVERY, _pump)
     return hq
 
@@ -64,7 +66,7 @@ def serve(run_granted: Callable[[Grant], None]) -> None:
 
 def _pump() -> None:
     try:
-        start(hostqueue().pump())
+        start(_last[0].pump())
     except redis.exceptions.RedisError as e:  # the broker is down: next time
         log.warning("Could not look at the hosts' waiting lists (%s)", type(e).__name__)
 
