@@ -299,10 +299,13 @@ def orphans(delete: bool):
 
 @archiver.command("purge-queues")
 def purge_queues():
-    """Empty the priority and bulk queues."""
+    """Empty the priority and bulk queues, for good (nothing comes back at
+    the next worker start)."""
     try:
         removed = clitools.waiting_resources()  # resources, not Celery messages
-        dispatch.purge()
+        purged = dispatch.purge(for_good=True)
+        if purged.get("waiting for their host"):
+            removed["waiting for their host"] = purged["waiting for their host"]
     except redis.exceptions.RedisError as e:
         _broker_error(e)
         return

@@ -62,6 +62,8 @@ class Options:
     batch_wait: float
     per_host_concurrency: int
     per_host_min_interval: float
+    per_host_start_interval: float
+    per_host_max_interval: float
     host_wait: float
     host_down_after: int
     max_retries: int
@@ -162,6 +164,8 @@ def current(cfg: Any = None) -> Options:
         batch_wait=_float(get("batch_wait")),
         per_host_concurrency=int(get("per_host_concurrency")),
         per_host_min_interval=_float(get("per_host_min_interval")),
+        per_host_start_interval=_float(get("per_host_start_interval")),
+        per_host_max_interval=_float(get("per_host_max_interval")),
         host_wait=_float(get("host_wait")),
         host_down_after=int(get("host_down_after")),
         max_retries=int(get("max_retries")),

@@ -7,7 +7,9 @@ that portals sharing a Redis server never see each other's state:
   queue it waits on, ``SET NX`` with an expiry);
 * ``archiver:<site_id>:deliveries:<task id>``: times a task was handed out;
 * ``archiver:<site_id>:host:<host>:{leases,last,timeouts,probe}``: per-host
-  politeness (``engine.politeness``);
+  politeness (``engine.politeness``), with ``:pace`` and ``:waiting`` (and
+  the set ``archiver:<site_id>:waiting-hosts``) the per-host waiting lists
+  (``engine.hostqueue``);
 * ``archiver:<site_id>:package-pending:<package_id>``: a zip build waiting;
 * ``archiver:<site_id>:package-request:<package_id>:<user_id>``: a user asked
   for a zip by email (at most once in ten minutes).
@@ -18,18 +20,26 @@ from __future__ import annotations
 import redis
 
 from ckanext.archiver.config import Options
+from ckanext.archiver.engine import pool
 
-__all__ = ["client", "pending", "pending_pattern", "deliveries", "hosts_prefix",
-           "host_pattern", "package_pending", "package_request"]
+__all__ = ["REDIS_CONNECTIONS", "client", "pending", "pending_pattern", "deliveries",
+           "hosts_prefix", "host_pattern", "package_pending", "package_request"]
 
 _clients: dict[str, redis.Redis] = {}
+
+# Every download thread of a process may talk to Redis at once (its host's
+# slot and waiting list): one connection each, and a thread that finds
+# them all in use waits for one instead of failing.
+REDIS_CONNECTIONS = pool.POOL_SIZE + 16
 
 
 def client(options: Options) -> redis.Redis:
     """The process's connection to the broker's Redis (made once per URL)."""
     url = options.broker_url
     if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        _clients[url] = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_timeout=5,
+            socket_connect_timeout=3))
     return _clients[url]
 
 

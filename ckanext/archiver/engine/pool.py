@@ -63,8 +63,28 @@ def _state() -> _State:
 
 
 def late_count() -> int:
-    """Downloads of this process handed off by their batch and still running."""
+    """Downloads of this process handed off by their batch (or started
+    later, ``engine.timer``) and still running."""
     return _state().late
+
+
+def submit(fn: Callable[..., None], *args) -> None:
+    """Run ``fn(*args)`` on one of the process's download threads."""
+    _state().executor.submit(fn, *args)
+
+
+def late_started() -> None:
+    """Count work started outside a batch (``drain`` waits for it)."""
+    state = _state()
+    with state.late_changed:
+        state.late += 1
+
+
+def late_done() -> None:
+    state = _state()
+    with state.late_changed:
+        state.late -= 1
+        state.late_changed.notify_all()
 
 
 def run_batch(items: list[T], work: Callable[[T], None],

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ckanext.archiver import status as st
 from ckanext.archiver.engine import untrusted
+from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.engine.outcome import Outcome, Previous
 from ckanext.archiver.engine.storage import Staged
 from ckanext.archiver.model import Archival, ArchivalHistory, rounds, utcnow
@@ -46,6 +47,9 @@ class Job:
     retry: bool = False
     staged: Optional[Staged] = None  # the new file, until its row is committed
     retry_countdown: Optional[int] = None  # seconds, when a retry is queued
+    grant: Optional[Grant] = None  # its host's slot, given while it waited
+    deferred: bool = False  # waits on its host's list: recorded by whoever runs it
+    superseded: bool = False  # its URL changed since: recorded in the history only
 
 
 def naive(value: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
@@ -226,13 +230,36 @@ def _cause(e: BaseException) -> str:
     return untrusted.clean(text, 300) or type(orig).__name__
 
 
+def _superseded(jobs: list[Job]) -> set[str]:
+    """Resources whose URL is no longer the one their job checked (an edit
+    came in meanwhile; its own check is queued on priority). Their rows
+    are locked (FOR SHARE) until the caller commits, so an edit cannot
+    slip in between this look and the rows written."""
+    ids = [job.resource_id for job in jobs if job.url_type != "upload"]
+    if not ids:
+        return set()
+    r = model.Resource.__table__
+    current = dict(model.Session.execute(
+        sa.select(r.c.id, r.c.url).where(r.c.id.in_(ids)).with_for_update(read=True)).all())
+    return {job.resource_id for job in jobs if job.resource_id in current
+            and (current[job.resource_id] or "").strip() != (job.url or "").strip()}
+
+
 def write_rows(jobs: list[Job], now: datetime.datetime, recheck_days: int) -> None:
-    """The statements of ``save``, in the caller's transaction (no commit)."""
+    """The statements of ``save``, without the commit. A job whose resource
+    has another URL by now (``job.superseded``) gets its history row only."""
     table = Archival.__table__
+    # a result for a URL the resource no longer has goes to the history only
+    superseded = _superseded(jobs)
+    for job in jobs:
+        if job.resource_id in superseded:
+            job.superseded = True
     # one statement per set of columns (rows differ: a failure keeps the
     # cached copy's columns), each run for all its rows at once
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for job in jobs:
+        if job.superseded:
+            continue
         values = row_values(job, now, recheck_days)
         if job.retry_countdown is not None:  # waiting again, until its retry is due
             values["queued_at"] = now + datetime.timedelta(

@@ -12,8 +12,8 @@ from ckan import model
 
 from ckanext.archiver.model import Archival, rounds, utcnow
 
-__all__ = ["mark_queued", "lost", "forget", "delete_orphans", "clear_cache_columns",
-           "active_resource_ids", "named_files", "counts"]
+__all__ = ["mark_queued", "lost", "unqueue_all", "forget",
+           "delete_orphans", "clear_cache_columns", "active_resource_ids", "named_files", "counts"]
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
@@ -46,6 +46,19 @@ def lost(started_before: datetime.datetime) -> list[Item]:
         sa.or_(Archival.started_at.is_(None), Archival.started_at < started_before),
     ).all()
     return [(rid, pid) for rid, pid in rows]
+
+
+_UNQUEUE = sa.text("""
+    UPDATE archival SET queued_at = NULL
+    WHERE queued_at IS NOT NULL AND queued_at > coalesce(updated, 'epoch')
+""")
+
+
+def unqueue_all() -> None:
+    """Nothing is queued any more (``purge-queues``): else a worker's start
+    (``lost``) would queue it all again."""
+    with model.meta.engine.begin() as conn:
+        conn.execute(_UNQUEUE)
 
 
 def forget(resource_ids: Sequence[str], busy: Iterable[str] = ()) -> set[str]:

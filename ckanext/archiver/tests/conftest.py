@@ -59,6 +59,7 @@ def archiver_env(archive_dir, ckan_config, monkeypatch):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 0)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_min_interval", 0.0)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_concurrency", 8)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_start_interval", 0.0)
     worker_app.reset()
     keys.forget_clients()
     dispatch.purge()
@@ -94,6 +95,7 @@ def make_ini(ckan_config, tmp_path):
             "ckanext.archiver.max_retries": "0",
             "ckanext.archiver.per_host_min_interval": "0",
             "ckanext.archiver.per_host_concurrency": "8",
+            "ckanext.archiver.per_host_start_interval": "0",
         }
         settings.update({"ckanext.archiver." + k: str(v) for k, v in options.items()})
         lines = [line for line in base.splitlines()

@@ -161,6 +161,9 @@ def test_purge_queues_and_init(run, two_datasets):
     assert "Purged 0 resources from priority, 3 resources from bulk" in run(
         "purge-queues").output
     assert dispatch.lengths() == {"priority": 0, "bulk": 0}
+    # for good: a worker's start does not queue it all again
+    assert dispatch.requeue_lost() == 0
+    assert dispatch.lengths() == {"priority": 0, "bulk": 0}
     assert run("init").exit_code == 0
 
 

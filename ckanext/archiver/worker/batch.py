@@ -12,6 +12,12 @@ is idempotent and safe to kill at any line: files are written to a temp
 file and renamed, rows are written in one transaction after the files, and
 a killed worker's message is delivered again (acks_late,
 reject_on_worker_lost).
+
+A worker's batch (``defer``) never waits for a busy host: such a check goes
+on the host's waiting list (``worker.hosts``), and the process whose slot on
+the host comes free next runs it as a batch of its own (``grant``), whose
+row the process's recorder writes together with others
+(``worker.recorder``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from ckan import model
 from ckanext.archiver import config, interfaces
 from ckanext.archiver import status as st
 from ckanext.archiver.engine import pool
+from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import checks
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import dispatch
+from ckanext.archiver.worker import dispatch, hosts
+from ckanext.archiver.worker.recorder import Recorder
 from ckanext.archiver.worker.resource import Run, discard_file, run_one, settle_files
 from ckanext.archiver.worker.retry import backoff
 from ckanext.archiver.worker.services import limiter, storage
@@ -47,6 +55,7 @@ class BatchResult:
     skipped: list[Job] = field(default_factory=list)
     retry: list[Job] = field(default_factory=list)
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
+    deferred: list[Job] = field(default_factory=list)  # on their hosts' waiting lists
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -75,8 +84,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   attempt: int = 0, polite: bool = True,
                   wait_max: Optional[float] = None,
                   on_late: Optional[Callable[[BatchResult], None]] = None,
-                  handed_off_at: Optional[str] = None) -> BatchResult:
+                  handed_off_at: Optional[str] = None, defer: bool = False,
+                  grant: Optional[Grant] = None) -> BatchResult:
     """Archive resources now, in this process.
+
+    With ``defer``, a resource whose host has no free slot is not waited
+    for: it goes on its host's waiting list (``result.deferred``) and is
+    archived by the process whose slot on the host comes free next
+    (``grant``: the slot given to the one resource of this call; its row is
+    written by the process's recorder, then ``on_late(result)`` is called).
 
     With ``wait_max``, downloads still running when the batch is mostly done
     (``pool.run_batch``) are handed off: they are in ``result.late``, and
@@ -90,6 +106,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     handed_off = datetime.datetime.fromisoformat(handed_off_at) if handed_off_at else None
     options = config.current()
     jobs = checks.load_jobs(list(resource_ids))
+    if grant is not None:
+        for job in jobs:
+            job.grant = grant
     todo = []
     for job in jobs:
         if not job.active:
@@ -97,12 +116,18 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         elif already_done(job, handed_off) or (not force and already_done(job, queued)):
             job.skip_reason = "already checked since queued"
         (result.skipped if job.skip_reason else todo).append(job)
+        if job.skip_reason and job.grant is not None:
+            hosts.give_back(job.grant)
+            job.grant = None
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
-    checks.mark_started(todo)
-    # a check of handed-off downloads holds no pending marks, and without
-    # Redis (polite=False: `update --now` with the broker down) there are none
-    if handed_off is None and polite:
+    if grant is None:  # a check that waited for its host was marked when it was taken
+        checks.mark_started(todo)
+    # a check of handed-off downloads holds no pending marks, nor does one
+    # that waited for its host (dropped when its slot was granted:
+    # hosts.start), and without Redis (polite=False: `update --now` with the
+    # broker down) there are none
+    if handed_off is None and grant is None and polite:
         dispatch.release(resource_ids)
     if not todo:
         return result
@@ -116,9 +141,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         for job in todo:
             job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         result.recorded = todo
+        for job in todo:
+            hosts.give_back(job.grant)
         record_errors(todo, queue_name, options)
         return result
-    run = Run(options, store, limiter(options) if polite else None, force)
+    deferral = None
+    if polite and (defer or grant is not None):
+        deferral = hosts.Deferral(hosts.hostqueue(options), queue_name, queued_at, force, attempt)
+    run = Run(options, store, limiter(options) if polite and deferral is None else None, force,
+              deferral)
     max_retries = options.max_retries
     if len(todo) == 1:
         run_one(todo[0], run)
@@ -127,8 +158,13 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, run)
         done, late = pool.run_batch(todo, lambda j: run_one(j, run), late_batch.finish,
                                     wait_max)
+    result.deferred = [job for job in done if job.deferred]
+    done = [job for job in done if not job.deferred]
     result.recorded, result.retry = split_retries(done, attempt, max_retries)
     result.late = late
+    if grant is not None:  # a check that waited for its host
+        _recorder().add((result, queue_name, run, on_late))
+        return result
     # every attempt is recorded, so the page says what happened last; only
     # final results whose rows were committed are announced downstream
     record(result.recorded + result.retry, queue_name, run, final=result.recorded)
@@ -196,6 +232,8 @@ class _LateBatch:
         """One late download ended (on its thread)."""
         try:
             result = BatchResult()
+            if job.deferred:  # recorded by whoever runs it
+                return
             result.recorded, result.retry = split_retries([job], self.attempt, self.max_retries)
             record(result.recorded + result.retry, self.queue_name, self.run,
                    final=result.recorded)
@@ -209,8 +247,40 @@ def announce(jobs: list[Job], queue_name: str, finished: Iterable[str] = ()) -> 
     """Announce ``jobs`` (``archived``), then the datasets their commit
     finished (``package-archived``, once per round: ``model.rounds``)."""
     for job in jobs:
+        if job.superseded:
+            continue
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
                           cache_filepath=job.cache_filepath or (job.previous or {}).get(
                               "cache_filepath"))
     for package_id in sorted(finished):
         interfaces.notify("package-archived", queue_name, package_id=package_id)
+
+
+def _record_granted(items: list[tuple]) -> None:
+    """Rows of checks that waited for their host (``archive_batch`` with a
+    grant), a few at a time: one transaction, which finds the datasets it
+    finished (``model.rounds``); then each batch's ``on_late``."""
+    committed: list[Job] = []
+    finished: set[str] = set()
+    if items:
+        jobs = [job for result, *_ in items for job in result.recorded + result.retry]
+        committed, finished = save(jobs, items[0][2])
+    saved = {id(job) for job in committed}
+    queues: dict[str, list[Job]] = {}
+    for result, queue_name, _run, _on_late in items:
+        queues.setdefault(queue_name, []).extend(
+            job for job in result.recorded if id(job) in saved)
+    for queue_name, jobs in queues.items():
+        # each finished dataset is announced once, on the queue of its check
+        mine = {job.package_id for job in jobs} & finished
+        finished -= mine
+        announce(jobs, queue_name, mine)
+    if finished:  # finished by a row that is not a final result
+        announce([], items[0][1], finished)
+    for result, _queue_name, _run, on_late in items:
+        if on_late is not None:
+            on_late(result)
+
+
+def _recorder() -> Recorder:
+    return Recorder.of_process(_record_granted)

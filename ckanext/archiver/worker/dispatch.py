@@ -21,6 +21,7 @@ from ckan import model
 
 from ckanext.archiver import config, keys
 from ckanext.archiver.config import QUEUES
+from ckanext.archiver.engine.hostqueue import HostQueue
 from ckanext.archiver.model import Archival, rows, utcnow
 from ckanext.archiver.worker import app, housekeeping
 
@@ -141,8 +142,12 @@ def lengths() -> dict[str, int]:
     return {q: int(r.llen(options.queue_name(q))) for q in QUEUES}
 
 
-def purge() -> dict[str, int]:
-    """Empty both queues and forget pending marks; return what was removed."""
+def purge(for_good: bool = False) -> dict[str, int]:
+    """Empty both queues and the per-host waiting lists and forget pending
+    marks; return what was removed. ``for_good`` (``ckan archiver
+    purge-queues``): also say on the rows that nothing is queued any more,
+    or a worker's start (``requeue_lost``) would queue it all again, as it
+    does after a Redis loss."""
     options = config.current()
     r = keys.client(options)
     removed = {}
@@ -150,9 +155,12 @@ def purge() -> dict[str, int]:
         name = options.queue_name(q)
         removed[q] = int(r.llen(name))
         r.delete(name)
+    removed["waiting for their host"] = HostQueue(r, keys.hosts_prefix(options), 1, 0, 1).purge()
     found = list(r.scan_iter(match=keys.pending_pattern(options), count=1000))
     for start in range(0, len(found), 1000):
         r.delete(*found[start:start + 1000])
+    if for_good:
+        rows.unqueue_all()
     return removed
 
 
@@ -187,7 +195,16 @@ def needing_check(package_id: str) -> list[Item]:
             changed = (row.url or "") != (url or "").strip()
         if changed:
             items.append((rid, package_id))
-    if waiting:  # an edited dataset's resources waiting on bulk are raised
+    if waiting:
+        # A resource whose URL this save changed (CKAN marks it) is raised to
+        # priority even when a bulk batch has taken it already or it waits
+        # for its host: that check may have read the old URL, and its result
+        # is not recorded as the resource's state (model.checks.write_rows).
+        # When the save says nothing about URLs, every resource of the
+        # dataset still waiting on bulk is raised.
+        edited = {obj.id for obj in _touched(model.Session())
+                  if isinstance(obj, model.Resource) and obj.package_id == package_id
+                  and getattr(obj, "url_changed", False)}
         options = config.current()
         try:
             with keys.client(options).pipeline(transaction=False) as pipe:
@@ -196,8 +213,20 @@ def needing_check(package_id: str) -> list[Item]:
                 marks = pipe.execute()
         except redis.exceptions.RedisError:
             marks = []
-        items += [(rid, package_id) for rid, mark in zip(waiting, marks) if mark == b"bulk"]
+        for rid, mark in zip(waiting, marks):
+            if (rid in edited and mark != b"priority") or (not edited and mark == b"bulk"):
+                items.append((rid, package_id))
     return items
+
+
+def _touched(session: Any) -> set:
+    """Objects this transaction changed or added, flushed (CKAN's own
+    record of them, which its IResourceUrlChange uses too) or not (a flag
+    left on an object by an earlier transaction of the session does not
+    count)."""
+    cache = getattr(session, "_object_cache", None) or {}
+    return (set(cache.get("changed", ())) | set(cache.get("new", ()))
+            | set(session.dirty) | set(session.new))
 
 
 def _listen() -> None:

@@ -1,6 +1,7 @@
-"""One resource of a batch: its politeness slot, the engine's attempt, the
-file moved into the archive. Sets ``job.outcome`` and never raises (except
-the worker's own time limits)."""
+"""One resource of a batch: its politeness slot (or its place on its host's
+waiting list, ``worker.hosts``), the engine's attempt, the file moved into
+the archive. Sets ``job.outcome`` (or ``job.deferred``) and never raises
+(except the worker's own time limits)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ckanext.archiver.engine.session import get_session
 from ckanext.archiver.engine.storage import Storage
 from ckanext.archiver.engine.urlnorm import url_host
 from ckanext.archiver.model.checks import Job, previous_of
+from ckanext.archiver.worker import hosts
 from ckanext.archiver.worker.services import fetch_settings
 
 __all__ = ["Run", "run_one", "politeness_host", "discard_file", "settle_files"]
@@ -41,6 +43,7 @@ class Run:
     store: Storage
     limiter: Optional[HostLimiter]
     force: bool = False
+    deferral: Optional[hosts.Deferral] = None  # no waiting for a slot: its host's list
 
 
 def politeness_host(url: Optional[str]) -> Optional[str]:
@@ -100,8 +103,11 @@ def _take_slot(job: Job, host: str, run: Run) -> Optional[str]:
 
 
 def run_one(job: Job, run: Run) -> None:
-    """Check one resource; sets job.outcome (never raises)."""
+    """Check one resource; sets job.outcome, or job.deferred when it waits
+    for its host (never raises)."""
     tmp_path = None
+    grant, job.grant = job.grant, None  # given back once, here
+    deferral = run.deferral
     try:
         if job.url_type == "upload":
             job.outcome = _from_upload(job)
@@ -112,8 +118,27 @@ def run_one(job: Job, run: Run) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
         fresh = (not run.force and previous is not None
                  and previous.fresh_for(job.url or "", settings.download, now) is not None)
+        if grant is not None and grant.timeouts:
+            job.outcome = hosts.not_tried(job, grant.host, deferral.hq.down_after if deferral
+                                          else grant.timeouts)
+            grant = None
+            return
+        if grant is not None and (not host or fresh or grant.host != host.lower()):
+            hosts.give_back(grant)  # not needed (fresh), or the URL moved to another host
+            grant = None
+        if grant is not None and deferral is not None and grant.wait > hosts.RECHECK and \
+                deferral.hq.not_answering(grant.host):
+            # the host stopped answering while this check waited for its start
+            hosts.give_back(grant)
+            grant = None
+            job.outcome = hosts.not_tried(job, host, deferral.hq.down_after)
+            return
+        if deferral is not None and host and not fresh and grant is None:
+            grant = hosts.take_slot(job, host, deferral)
+            if grant is None:
+                return
         token = None
-        if run.limiter is not None and host and not fresh:
+        if grant is None and run.limiter is not None and host and not fresh:
             token = _take_slot(job, host, run)
             if token is None:
                 return
@@ -122,6 +147,9 @@ def run_one(job: Job, run: Run) -> None:
             outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(run.store, job),
                             force=run.force, session=get_session(settings))
         finally:
+            if grant is not None:
+                hosts.give_back(grant, outcome)
+                grant = None
             if token is not None:
                 try:
                     run.limiter.release(host, token, outcome.host_answered if outcome else None)
@@ -149,6 +177,7 @@ def run_one(job: Job, run: Run) -> None:
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         discard_file(job, run.store)
     finally:
+        hosts.give_back(grant)  # a slot granted and not used
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
         with contextlib.suppress(OSError):

@@ -7,7 +7,9 @@
   mailing a link to who asked for it.
 
 Only Celery workers (and the tests) import this module: everything else
-queues the tasks by name (``worker.dispatch``, ``worker.zips``).
+queues the tasks by name (``worker.dispatch``, ``worker.zips``). Importing
+it tells ``worker.hosts`` how this process runs a check that waited for its
+host (``_run_granted``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from ckan import model
 
 from ckanext.archiver import config, keys
 from ckanext.archiver import status as st
+from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.zipper import DatasetZip
 from ckanext.archiver.model import checks, utcnow
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import app, dispatch, zips
+from ckanext.archiver.worker import app, dispatch, hosts, zips
 from ckanext.archiver.worker.batch import BatchResult, archive_batch, record_errors
 from ckanext.archiver.worker.retry import MAX_DELIVERIES, backoff, late_check_delay
 
@@ -84,7 +87,8 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         wait = options.batch_wait
         result = archive_batch(resource_ids, queue, queued_at, force, attempt,
                                wait_max=wait if wait > 0 else None,  # 0: wait for all
-                               on_late=retry_late, handed_off_at=handed_off_at)
+                               on_late=retry_late, handed_off_at=handed_off_at,
+                               defer=True)
         _queue_retries(result.retry, queue, force, attempt)
         if result.late:
             archive_resources.apply_async(
@@ -95,6 +99,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         counts = result.counts()
         counts["retrying"] = len(result.retry)
         counts["handed off"] = len(result.late)
+        counts["waiting for their host"] = len(result.deferred)
         return counts
     except sa.exc.OperationalError as e:  # database unavailable: retry later
         model.Session.rollback()
@@ -127,6 +132,27 @@ def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> No
             args=[[job.resource_id]],
             kwargs={"queue": queue, "queued_at": None, "force": force, "attempt": attempt + 1},
             queue=options.queue_name(queue), countdown=countdown)
+
+
+def _run_granted(grant: Grant) -> None:
+    """A check that waited for its host got the host's slot: archive it now,
+    in this process (its row is written by the process's recorder, then its
+    retry queued)."""
+    e = hosts.entry_of(grant)
+
+    def retry(result: BatchResult) -> None:
+        _queue_retries(result.retry, e["q"], e["f"], e["a"])
+
+    try:
+        archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant, on_late=retry)
+    except Exception:
+        log.exception("Archiving resource %s (its host's turn came) failed", e["r"])
+        hosts.give_back(grant)
+    finally:
+        model.Session.remove()
+
+
+hosts.serve(_run_granted)
 
 
 # Acknowledged when it starts (not acks_late): a build of many gigabytes can

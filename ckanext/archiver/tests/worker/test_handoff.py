@@ -123,6 +123,8 @@ def test_task_queues_a_check_of_handed_off_downloads(raw_server, fast, ckan_conf
                                                      monkeypatch):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 1)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 60)
+    # all ten at once (none waits for its host)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_concurrency", 10)
     hanging = factories.Resource(url=raw_server.route("/hang", _hanging(3)))
     ok = [factories.Resource(url=raw_server.route(f"/{i}.csv", _ok)) for i in range(9)]
     before = datetime.datetime.now(datetime.timezone.utc)

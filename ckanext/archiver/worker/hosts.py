@@ -1,0 +1,195 @@
+"""Busy hosts: a check whose host has no free slot waits on the host's list
+in Redis (``engine.hostqueue``), not on a thread.
+
+``take_slot`` gives a check its host's slot now (or within SHORT_WAIT), or
+puts it on the host's waiting list (``job.deferred``). Whenever a slot comes
+free (``give_back``, or the periodic ``pump`` for slots whose holder died),
+the heads of the list are granted it, and this process starts each when its
+start is due (``engine.timer``), with the function the Celery tasks gave
+``serve`` (``worker.tasks``: ``archive_batch`` of that one resource).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from typing import Callable, Optional
+
+import redis
+
+from ckanext.archiver import config, keys
+from ckanext.archiver import status as st
+from ckanext.archiver.engine import timer
+from ckanext.archiver.engine.hostqueue import Grant, HostQueue
+from ckanext.archiver.engine.outcome import Outcome
+from ckanext.archiver.model.checks import Job
+from ckanext.archiver.worker import dispatch
+
+__all__ = ["Deferral", "hostqueue", "serve", "start", "give_back", "take_slot", "not_tried",
+           "entry_of", "RECHECK", "SHORT_WAIT"]
+
+log = logging.getLogger(__name__)
+
+PUMP_EVERY = 5.0  # seconds between two looks for waiting lists nobody serves
+SHORT_WAIT = 0.25  # a granted start this close is waited for on the thread
+RECHECK = 1.0  # seconds between two looks at a host a granted check waits for
+
+_hostqueues: dict[tuple, HostQueue] = {}
+_last: list[HostQueue] = []  # the one the pump serves (no config read on the timer thread)
+_runner: list[Callable[[Grant], None]] = []
+
+
+def hostqueue(options: Optional[config.Options] = None) -> HostQueue:
+    """The site's per-host waiting lists (and this process's pump of them)."""
+    options = options or config.current()
+    client = keys.client(options)
+    args = (keys.hosts_prefix(options), options.per_host_concurrency,
+            options.per_host_min_interval, options.host_lease, options.host_down_after,
+            options.per_host_start_interval, options.per_host_max_interval)
+    key = (id(client), *args)
+    hq = _hostqueues.get(key)
+    if hq is None:
+        hq = _hostqueues[key] = HostQueue(client, *args)
+    _last[:] = [hq]  # (every call: the options may have changed back)
+    timer.every("archiver-pump", PUMP_EVERY, _pump)
+    return hq
+
+
+def serve(run_granted: Callable[[Grant], None]) -> None:
+    """Say how this process runs a check its host's slot was granted to
+    (``worker.tasks``; a process that never defers a check needs none)."""
+    _runner[:] = [run_granted]
+
+
+def _pump() -> None:
+    try:
+        start(_last[0].pump())
+    except redis.exceptions.RedisError as e:  # the broker is down: next time
+        log.warning("Could not look at the hosts' waiting lists (%s)", type(e).__name__)
+
+
+@dataclasses.dataclass
+class Deferral:
+    """A batch's checks go to their hosts' waiting lists when no slot is
+    free; what a slot is granted to runs later in this process."""
+
+    hq: HostQueue
+    queue: str
+    queued_at: Optional[str]
+    force: bool
+    attempt: int
+
+    def entry(self, job: Job) -> str:
+        return json.dumps({"r": job.resource_id, "q": self.queue, "t": self.queued_at,
+                           "f": self.force, "a": self.attempt}, sort_keys=True)
+
+
+def entry_of(grant: Grant) -> dict:
+    """What ``Deferral.entry`` said of the check (keys r, q, t, f, a)."""
+    return json.loads(grant.entry)
+
+
+def start(grants: list[Grant]) -> None:
+    """Run each granted check when its start is due (no thread waits). Its
+    pending mark goes now: should this process die first, the check looks
+    lost and ``requeue_lost`` queues it again."""
+    if not grants:
+        return
+    try:
+        dispatch.release(entry_of(g)["r"] for g in grants)
+    except redis.exceptions.RedisError:
+        log.warning("Could not drop the pending marks of %d checks", len(grants))
+    for grant in grants:
+        _wake(grant, time.monotonic() + grant.wait)
+
+
+def _run(grant: Grant) -> None:
+    if not _runner:  # never in a worker (worker.tasks serves); the lease runs out
+        log.error("No runner for the check of %s granted a slot on %s",
+                  entry_of(grant)["r"], grant.host)
+        return
+    _runner[0](grant)
+
+
+def _wake(grant: Grant, due: float) -> None:
+    """Start ``grant`` at ``due``; a long wait (a host backing off) looks
+    every RECHECK seconds whether the host stopped answering meanwhile, and
+    then records it as not tried at once."""
+    left = due - time.monotonic()
+    if left > RECHECK and grant.token:
+        def look() -> None:
+            try:
+                down = hostqueue().not_answering(grant.host)
+            except redis.exceptions.RedisError:
+                down = 0
+            if down:
+                _run(grant)  # not tried (grant.wait > 0)
+            else:
+                _wake(grant, due)
+        timer.call_later(RECHECK, look)
+    else:
+        timer.call_later(left, functools.partial(_run, grant))
+
+
+def give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None:
+    """Release a granted slot, with what its host did; start the grants the
+    release hands out."""
+    if grant is None or not grant.token:
+        return
+    try:
+        start(hostqueue().release(
+            grant.host, grant.token,
+            outcome.host_answered if outcome else None,
+            latency=outcome.duration if outcome else None,
+            http_status=outcome.http_status if outcome else None,
+            retry_after=outcome.retry_after if outcome else None))
+    except redis.exceptions.RedisError:  # the lease expires by itself
+        log.warning("Could not release the slot of host %s", grant.host)
+
+
+def not_tried(job: Job, host: str, timeouts: int) -> Outcome:
+    """``timeouts``: host_down_after (the reason's text stays the same
+    however many more timed out)."""
+    return Outcome(
+        status_id=st.REQUEST_FAILED, url=job.url or "", transient=True,
+        reason=f"Not tried: {host} timed out on its last {timeouts} "
+               "requests or more (it is tried again once a minute)")
+
+
+def take_slot(job: Job, host: str, deferral: Deferral) -> Optional[Grant]:
+    """The slot for ``job`` if its host has one free now (or within
+    SHORT_WAIT); else ``job`` waits on its host's list (``job.deferred``)
+    or, its host not answering, gets its outcome."""
+    entry = deferral.entry(job)
+    options = config.current()
+    try:
+        timeouts, grants = deferral.hq.submit(
+            host, entry, priority=deferral.queue == "priority",
+            mark=(keys.pending(options, job.resource_id), deferral.queue))
+    except redis.exceptions.RedisError:
+        job.retry = True
+        job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",
+                              reason="Queue broker unavailable (per-host limits)",
+                              transient=True)
+        return None
+    if timeouts:
+        job.outcome = not_tried(job, host, deferral.hq.down_after)
+        return None
+    mine = None
+    for grant in grants:
+        if mine is None and grant.entry == entry and grant.wait <= SHORT_WAIT:
+            mine = grant
+        else:
+            start([grant])
+    if mine is None:
+        job.deferred = True
+        return None
+    if mine.timeouts:
+        job.outcome = not_tried(job, host, deferral.hq.down_after)
+        return None
+    if mine.wait > 0:
+        time.sleep(mine.wait)  # at most SHORT_WAIT, and per_host_concurrency per host
+    return mine
