@@ -14,7 +14,8 @@ import redis
 import sqlalchemy as sa
 from ckan import model
 
-from ckanext.archiver import celery_app, queue, stats, tasks
+from ckanext.archiver import backends, celery_app, queue, stats, tasks
+from ckanext.archiver import migrate_storage as migration
 from ckanext.archiver.model import Archival, ArchivalHistory, selection
 
 __all__ = ["archiver"]
@@ -33,6 +34,8 @@ def _broker_error(e: Exception) -> None:
 
 
 def _check_archive_dir() -> None:
+    if backends.is_s3():
+        return  # copies go to the bucket: no archive disk needed
     path = tasks.archive_dir()
     try:
         os.makedirs(path, exist_ok=True)
@@ -134,6 +137,9 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
     site = tk.config.get("ckan.site_id")
     args = [sys.executable, "-m", "celery", "-A", "ckanext.archiver.celery_app", "worker",
             "-Q", queues, "-n", f"archiver-{which}-{site}@%h", "--loglevel=INFO",
+            # many workers on one Redis: no gossip (it has leaked queues at
+            # scale) and no start-up handshake with every other worker
+            "--without-gossip", "--without-mingle",
             *WORKER_DEFAULTS[which], *celery_args]
     env = dict(os.environ, CKAN_INI=os.path.abspath(ctx.obj.config["__file__"]))
     os.execvpe(args[0], args, env)
@@ -214,7 +220,15 @@ def clean_cached(dry_run: bool):
     keep = {row[0] for row in model.Session.query(model.Resource.id).join(
         model.Package, model.Package.id == model.Resource.package_id).filter(
         model.Resource.state == "active", model.Package.state == "active")}
-    files, freed = tasks.storage().clean(keep, dry_run=dry_run)
+    store = tasks.storage()
+    if isinstance(store, backends.S3Store):
+        # objects no row names (a batch whose commit failed) go too
+        a = Archival.__table__
+        named = {row[0] for row in model.Session.execute(
+            sa.select(a.c.cache_filepath).where(a.c.cache_filepath.isnot(None)))}
+        files, freed = store.clean(keep, dry_run=dry_run, named=named.__contains__)
+    else:
+        files, freed = store.clean(keep, dry_run=dry_run)
     verb = "Would remove" if dry_run else "Removed"
     click.echo(f"{verb} {files} files, {freed} bytes")
     if not dry_run and files:
@@ -222,6 +236,38 @@ def clean_cached(dry_run: bool):
         model.Session.execute(sa.update(a).where(a.c.resource_id.notin_(keep)).values(
             cache_filepath=None, cache_url=None))
         model.Session.commit()
+
+
+@archiver.command("migrate-storage")
+@click.option("--dry-run", is_flag=True, help="Only say what would be copied.")
+@click.option("--remove-local", is_flag=True,
+              help="Delete each local file once its row names the verified object.")
+def migrate_storage(dry_run: bool, remove_local: bool):
+    """Copy the local archive (archive_dir) into the object store, verifying
+    each object's sha1 before its row is switched. Safe to stop and re-run."""
+    store = tasks.storage()
+    if not isinstance(store, backends.S3Store):
+        _fail("migrate-storage copies archive_dir into the object store: set "
+              "ckanext.archiver.storage_backend = s3 and the s3_* options first")
+        return
+    rows = migration.candidates()
+    click.echo(f"{len(rows)} rows name a file in {tasks.archive_dir()}")
+
+    def progress(items):
+        with click.progressbar(items, label="Copying" if not dry_run else "Checking",
+                               file=sys.stderr) as bar:
+            yield from bar
+
+    result = migration.run(store, dry_run=dry_run, remove_local=remove_local,
+                           progress=progress)
+    for line in result.errors[:50]:
+        click.echo("  " + line)
+    verb = "Would switch" if dry_run else "Switched"
+    click.echo(f"{verb} {result.switched} rows ({result.bytes} bytes sent, "
+               f"{result.already} already in the store); {result.missing} files missing, "
+               f"{result.failed} failed")
+    if result.failed:
+        sys.exit(1)
 
 
 @archiver.command("purge-queues")

@@ -27,6 +27,7 @@ No CKAN imports: standard library, requests/urllib3 and puremagic only.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import heapq
@@ -57,6 +58,7 @@ import urllib3
 from urllib3.exceptions import DecodeError, InsecureRequestWarning, NameResolutionError
 
 from ckanext.archiver import netguard, status
+from ckanext.archiver.engine.sink import Sink, SinkFactory, StoreError
 from ckanext.archiver.netguard import BlockedAddress, InvalidURL, normalise_url
 from ckanext.archiver.storage import clean_filename, sanitise_filename
 
@@ -145,6 +147,8 @@ class Outcome:
     hash: Optional[str] = None  # sha1 hex (legacy column)
     sha256: Optional[str] = None
     tmp_path: Optional[str] = None
+    # with fetch(sink=...): the written, not yet completed upload (engine.sink.Sink)
+    staged: Any = None
     filename: Optional[str] = None
     is_web_page: bool = False
     transient: bool = False
@@ -330,15 +334,19 @@ def fetch(
     tmp_dir: str,
     force: bool = False,
     session: Optional[requests.Session] = None,
+    sink: Optional[SinkFactory] = None,
 ) -> Outcome:
     """Check (and download) ``url``; see the module docstring.
 
     On ARCHIVED the body is in ``Outcome.tmp_path`` (in ``tmp_dir``) and the
     caller moves it into place with ``Storage.store``. On every other status
-    no temporary file is left behind.
+    no temporary file is left behind. With ``sink`` (a factory called with
+    the file name once the headers are in) the body is written to the sink
+    instead: on ARCHIVED it is in ``Outcome.staged`` for the caller to
+    ``complete()`` or ``abort()``; on every other status it was aborted.
     """
     started = time.monotonic()
-    attempt = _Attempt(settings, previous, tmp_dir, session, force)
+    attempt = _Attempt(settings, previous, tmp_dir, session, force, sink)
     outcome: Optional[Outcome] = None
     try:
         outcome = attempt.run(url)
@@ -351,7 +359,7 @@ def fetch(
         )
     finally:
         attempt.close()
-        if outcome is None or outcome.tmp_path is None:
+        if outcome is None or (outcome.tmp_path is None and outcome.staged is None):
             attempt.discard_tmp()
     outcome.duration = time.monotonic() - started
     return outcome
@@ -362,7 +370,7 @@ _PASS_THROUGH = frozenset({"SoftTimeLimitExceeded", "TimeLimitExceeded", "Termin
 
 
 class _Attempt:
-    def __init__(self, settings, previous, tmp_dir, session, force):
+    def __init__(self, settings, previous, tmp_dir, session, force, sink=None):
         self.settings: FetchSettings = settings
         self.previous: Previous = previous or Previous()
         self.tmp_dir = tmp_dir
@@ -373,6 +381,8 @@ class _Attempt:
         self.info: dict = {}  # header fields of the final response, once known
         self.bytes_received = 0
         self.tmp_path: Optional[str] = None
+        self.sink: Optional[SinkFactory] = sink
+        self.staged: Optional[Sink] = None
         self.deadline: Optional[_Deadline] = None
         self.host_answered: Optional[bool] = None
 
@@ -395,6 +405,12 @@ class _Attempt:
             self.deadline.stop()
 
     def discard_tmp(self) -> None:
+        if self.staged is not None:
+            staged, self.staged = self.staged, None
+            try:
+                staged.abort()
+            except StoreError as e:  # the store drops it by itself (lifecycle rule)
+                log.warning("%s", e)
         if self.tmp_path:
             try:
                 os.unlink(self.tmp_path)
@@ -425,7 +441,9 @@ class _Attempt:
 
     def _cache_file_ok(self) -> bool:
         path = self.previous.cache_filepath
-        return not path or not self.settings.download or os.path.exists(path)
+        # a relative path is a key of the object store: trusted, not looked up
+        return (not path or not self.settings.download or not os.path.isabs(path)
+                or os.path.exists(path))
 
     def _run(self) -> Outcome:
         prev = self.previous
@@ -588,13 +606,18 @@ class _Attempt:
         hasher = _Hasher()
         head = bytearray()
         written = 0
-        try:
-            os.makedirs(self.tmp_dir, exist_ok=True)
-            fd, self.tmp_path = tempfile.mkstemp(dir=self.tmp_dir, prefix="fetch-", suffix=".part")
-        except OSError as e:
-            reason = f"Could not create a temporary file ({_os_error(e)})"
-            raise self.stop(status.SYSTEM_ERROR, reason) from None
-        with open(fd, "wb", buffering=0) as out, hasher:
+        if self.sink is not None:
+            out: Any = self._open_sink(filename)
+        else:
+            try:
+                os.makedirs(self.tmp_dir, exist_ok=True)
+                fd, self.tmp_path = tempfile.mkstemp(
+                    dir=self.tmp_dir, prefix="fetch-", suffix=".part")
+            except OSError as e:
+                reason = f"Could not create a temporary file ({_os_error(e)})"
+                raise self.stop(status.SYSTEM_ERROR, reason) from None
+            out = open(fd, "wb", buffering=0)
+        with out, hasher:
             try:
                 for chunk in _chunks(raw, chunk_size, self.deadline):
                     written += len(chunk)
@@ -641,7 +664,8 @@ class _Attempt:
             reason = f"Downloaded {_human(written)}, but the link goes to a web page, not a file"
         else:
             reason = f"Downloaded {_human(written)}"
-        return self.result(status.ARCHIVED, reason, tmp_path=self.tmp_path, **fields)
+        return self.result(status.ARCHIVED, reason, tmp_path=self.tmp_path,
+                           staged=self.staged, **fields)
 
     def _discard(self, response: requests.Response) -> None:
         """Let go of a response whose body is not wanted: read a small rest so
@@ -661,8 +685,14 @@ class _Attempt:
         response.close()
 
     def _write(self, out: Any, chunk: bytes) -> None:
-        """Write all of ``chunk`` to the unbuffered file; a disk error (disk
-        full...) is a system error."""
+        """Write all of ``chunk`` to the unbuffered file (or the sink); a
+        disk or store error (disk full, store refused...) is a system error."""
+        if self.staged is not None:
+            try:
+                self.staged.write(chunk)
+            except StoreError as e:
+                raise self.stop(status.SYSTEM_ERROR, f"Could not save the download ({e})") from None
+            return
         view = memoryview(chunk)
         try:
             while view:
@@ -670,6 +700,13 @@ class _Attempt:
         except OSError as e:
             reason = f"Could not save the download ({_os_error(e)})"
             raise self.stop(status.SYSTEM_ERROR, reason) from None
+
+    def _open_sink(self, filename: Optional[str]) -> Any:
+        try:
+            self.staged = self.sink(filename or "resource")
+        except (StoreError, ValueError) as e:
+            raise self.stop(status.SYSTEM_ERROR, f"Could not save the download ({e})") from None
+        return contextlib.nullcontext(self.staged)
 
     # -- error mapping -------------------------------------------------------
 

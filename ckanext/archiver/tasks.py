@@ -37,9 +37,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ckan import model
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ckanext.archiver import celery_app, interfaces, pool
+from ckanext.archiver import backends, celery_app, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
+from ckanext.archiver.engine.store_s3 import S3Store, StoreError
 from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
 from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
@@ -54,21 +55,13 @@ MAX_DELIVERIES = 3
 # Configuration
 
 
-def archive_dir() -> str:
-    return tk.config.get("ckanext.archiver.archive_dir") or os.path.join(
-        tk.config.get("ckan.storage_path") or "/var/lib/ckan", "archiver")
+archive_dir = backends.archive_dir
 
 
-def storage() -> Storage:
-    """The process's Storage (kept, so that its count of used bytes for the
-    quota is not rebuilt by walking the archive for every batch)."""
-    return _storage(archive_dir(), tk.config.get("ckanext.archiver.cache_url_root"),
-                    int(tk.config.get("ckanext.archiver.max_archive_bytes") or 0))
-
-
-@functools.lru_cache(maxsize=8)
-def _storage(path: str, cache_url_root: Optional[str], max_archive_bytes: int) -> Storage:
-    return Storage(path, cache_url_root, max_archive_bytes)
+def storage() -> Storage | S3Store:
+    """The process's store (``storage_backend``), kept, so that its count of
+    used bytes for the quota is not rebuilt for every batch."""
+    return backends.store()
 
 
 def user_agent() -> str:
@@ -240,10 +233,10 @@ def _from_upload(job: Job) -> Outcome:
                    mimetype=mimetype)
 
 
-def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
+def _run_one(job: Job, store: Storage | S3Store, limiter: Optional[HostLimiter],
              force: bool) -> None:
     """Check one resource; sets job.outcome (never raises)."""
-    tmp_path = None
+    tmp_path = staged = None
     try:
         if job.url_type == "upload":
             job.outcome = _from_upload(job)
@@ -278,8 +271,9 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
                 return
         outcome = None
         try:
+            sink = store.sink(job.resource_id) if isinstance(store, S3Store) else None
             outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(store, job),
-                            force=force, session=get_session(settings))
+                            force=force, session=get_session(settings), sink=sink)
         finally:
             if token is not None:
                 try:
@@ -287,8 +281,17 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
                 except redis.exceptions.RedisError:  # the lease expires by itself
                     log.warning("Could not release the slot of host %s", host)
         job.outcome = outcome
-        tmp_path = outcome.tmp_path
-        if tmp_path:
+        tmp_path, staged = outcome.tmp_path, outcome.staged
+        outcome.staged = None
+        if staged is not None:  # streamed into the object store, not yet visible
+            if not store.has_room(outcome.size or 0, on_disk=True):
+                outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
+                outcome.reason = "Chose not to download: archive full"
+                return
+            staged.complete()
+            job.cache_filepath = staged.key
+            job.cache_url = _cache_url(job, staged.key.rsplit("/", 1)[-1], store)
+        elif tmp_path:
             if not store.has_room(outcome.size or 0, on_disk=True):
                 outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
                 outcome.reason = "Chose not to download: archive full"
@@ -299,6 +302,11 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
             job.cache_url = _cache_url(job, os.path.basename(job.cache_filepath), store)
     except SoftTimeLimitExceeded:
         raise
+    except StoreError as e:  # the object store refused or is unreachable
+        log.warning("Archiving resource %s: %s", job.resource_id, e)
+        job.cache_filepath = job.cache_url = None
+        job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "",
+                              reason=f"System error during archival: {e}")
     except Exception as e:  # a bug or the disk: record it, do not crash the batch
         log.exception("Archiving resource %s failed", job.resource_id)
         reason = f"System error during archival: {type(e).__name__}"
@@ -306,6 +314,11 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
             reason += f" ({os.strerror(e.errno)})"
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
     finally:
+        if staged is not None and not staged.done:
+            try:
+                staged.abort()
+            except StoreError as e:  # a lifecycle rule removes it (README)
+                log.warning("%s", e)
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
         with contextlib.suppress(OSError):
@@ -385,6 +398,26 @@ def _save(jobs: list[Job]) -> None:
         "bytes_received": job.outcome.bytes_received,
     } for job in jobs])
     model.Session.commit()
+    _drop_replaced(jobs)
+
+
+def _drop_replaced(jobs: list[Job]) -> None:
+    """Objects of the store that committed rows no longer name (only now:
+    a failed commit leaves the rows naming the old objects, which exist)."""
+    for job in jobs:
+        old = (job.previous or {}).get("cache_filepath")
+        if not job.cache_filepath or not old or old == job.cache_filepath:
+            continue
+        try:
+            if backends.store_key(old):
+                store = storage()
+                if isinstance(store, S3Store):
+                    store.delete(old)
+            elif backends.is_s3() and backends.local_key(old):  # moved to the store
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+        except (StoreError, OSError) as e:  # clean-cached removes it later
+            log.warning("Could not delete the replaced copy of %s: %s", job.resource_id, e)
 
 
 def _mark_started(jobs: list[Job]) -> None:
@@ -533,9 +566,13 @@ def _notify(jobs: list[Job], queue_name: str, packages: Optional[set] = None,
     of ``jobs``) whose active resources are all in ``complete`` (default:
     ``jobs``)."""
     for job in jobs:
+        kept = job.cache_filepath or (job.previous or {}).get("cache_filepath")
+        # a local file's path (what ckanext-qa opens), or in S3 mode the
+        # object's key; the URL serves the copy either way
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
-                          cache_filepath=job.cache_filepath or (job.previous or {}).get(
-                              "cache_filepath"))
+                          cache_filepath=backends.local_path(kept),
+                          cache_key=backends.store_key(kept),
+                          cache_url=job.cache_url or (job.previous or {}).get("cache_url"))
     complete = jobs if complete is None else complete
     packages = {job.package_id for job in jobs} if packages is None else packages
     done: dict[str, set[str]] = {}
@@ -596,6 +633,8 @@ def forget(resource_ids: list[str]) -> int:
     rows (history is kept). Returns bytes freed."""
     store = storage()
     freed = sum(store.remove(rid) for rid in resource_ids)
+    if isinstance(store, S3Store):  # and files not moved into the store yet
+        freed += sum(backends.local_store().remove(rid) for rid in resource_ids)
     with model.meta.engine.begin() as conn:
         conn.execute(sa.update(Archival.__table__).where(
             Archival.__table__.c.resource_id.in_(resource_ids)).values(

@@ -26,8 +26,9 @@ from urllib.parse import quote, urlencode
 import ckan.plugins.toolkit as tk
 from ckan import model
 from ckan.lib.pagination import Page
-from flask import Blueprint, Response, request, send_file, stream_with_context
+from flask import Blueprint, Response, redirect, request, send_file, stream_with_context
 
+from ckanext.archiver import backends
 from ckanext.archiver import status as st
 from ckanext.archiver.helpers import archiver_dataset_url
 from ckanext.archiver.model import Archival, report
@@ -424,18 +425,38 @@ def cached_copy(id: str, resource_id: str, filename: str):
             or package.state == "deleted" or resource.package_id != package.id):
         tk.abort(404, tk._("Resource not found"))
     archival = Archival.get_for_resource(resource.id)
-    path = _cached_file(archival, filename) if archival else None
-    if path is None:
+    key = backends.store_key(archival.cache_filepath) if archival else None
+    path = _cached_file(archival, filename) if archival and key is None else None
+    if path is None and key is None:
         tk.abort(404, tk._("No cached copy of this resource"))
 
     if package.private:
         request.environ["__no_cache__"] = True
     mimetype = (archival.mimetype or mimetypes.guess_type(filename)[0]
                 or "application/octet-stream")
+    if key is not None:
+        return _redirect_to_store(key, filename, mimetype)
     response = serve_archive_file(path, mimetype, archival.sha256 or True, filename)
     # Bytes from somebody else's server, on the portal's origin: never let
     # a browser run them as a page of the portal.
     response.headers["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+def _redirect_to_store(key: str, filename: str, mimetype: str) -> Response:
+    """302 to a presigned GET of the object (valid ``s3_presign_seconds``),
+    answering with the download name and type; Range goes to the store."""
+    store = backends.store()
+    if not isinstance(store, backends.S3Store) or key.rsplit("/", 1)[-1] != filename:
+        tk.abort(404, tk._("No cached copy of this resource"))
+    try:
+        url = store.presigned_get(key, _content_disposition(filename), mimetype)
+    except backends.StoreError as e:
+        log.error("Cached copy %s: %s", key, e)
+        tk.abort(503, tk._("The archive store is not available, please try again later"))
+    response = redirect(url, code=302)
+    response.headers["Cache-Control"] = "no-store"  # the URL expires; never cache it
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 

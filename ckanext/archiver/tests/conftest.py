@@ -203,3 +203,35 @@ def subprocess_worker(archiver_env, make_ini):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3 server (SeaweedFS ``weed mini``) on 127.0.0.1 with ports of
+    its own, for the whole session; killed by its PID at teardown."""
+    from ckanext.archiver.tests import seaweed
+
+    weed = seaweed.start(str(tmp_path_factory.mktemp("seaweedfs")))
+    try:
+        yield weed
+    finally:
+        weed.stop()
+
+
+@pytest.fixture
+def s3_env(archiver_env, seaweedfs, ckan_config, monkeypatch, request):
+    """archiver_env with ``storage_backend = s3``: a fresh bucket of the
+    session's SeaweedFS for this test. Yields the S3Store."""
+    import re
+
+    from ckanext.archiver import backends
+
+    bucket = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") \
+        + "-" + os.urandom(3).hex()
+    seaweedfs.make_bucket(bucket)
+    options = seaweedfs.options(bucket)
+    for key, value in options.items():
+        monkeypatch.setitem(ckan_config, "ckanext.archiver." + key, value)
+    backends._s3.cache_clear()
+    yield backends.store()
+    backends._s3.cache_clear()
