@@ -37,7 +37,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ckan import model
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ckanext.archiver import backends, celery_app, interfaces, pool
+from ckanext.archiver import backends, celery_app, inflight, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
 from ckanext.archiver.engine.store_s3 import S3Store, StoreError
@@ -135,6 +135,7 @@ class BatchResult:
     skipped: list[Job] = field(default_factory=list)
     retry: list[Job] = field(default_factory=list)
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
+    busy: list[Job] = field(default_factory=list)  # being archived by another worker
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -461,6 +462,29 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         elif _already_done(job, handed_off) or (not force and _already_done(job, queued)):
             job.skip_reason = "already checked since queued"
         (result.skipped if job.skip_reason else todo).append(job)
+    claims = inflight.Claims()
+    if todo:  # never archived twice at the same time, on any host
+        _claimed, busy = claims.claim([job.resource_id for job in todo])
+        if busy:
+            busy_ids = set(busy)
+            result.busy = [job for job in todo if job.resource_id in busy_ids]
+            for job in result.busy:
+                job.skip_reason = "being archived by another worker"
+            result.skipped += result.busy
+            todo = [job for job in todo if job.resource_id not in busy_ids]
+    try:
+        return _archive_claimed(todo, result, claims, resource_ids, queue_name, force,
+                                attempt, polite, wait_max, on_late, handed_off)
+    finally:
+        late_ids = {job.resource_id for job in result.late}
+        claims.release([rid for rid in list(claims.held) if rid not in late_ids])
+
+
+def _archive_claimed(todo: list[Job], result: BatchResult, claims: inflight.Claims,
+                     resource_ids: list[str], queue_name: str, force: bool, attempt: int,
+                     polite: bool, wait_max: Optional[float],
+                     on_late: Optional[Callable[[BatchResult], None]],
+                     handed_off: Optional[datetime.datetime]) -> BatchResult:
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     _mark_started(todo)
@@ -486,7 +510,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         _run_one(todo[0], store, limiter, force)
         done, late = todo, []
     else:
-        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late)
+        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, claims)
         done, late = pool.run_batch(todo, lambda j: _run_one(j, store, limiter, force),
                                     late_batch.finish, wait_max)
     result.recorded, result.retry = _split(done, attempt, max_retries)
@@ -520,8 +544,9 @@ class _LateBatch:
     late downloads are announced (those without were announced at once)."""
 
     def __init__(self, queue_name: str, attempt: int, max_retries: int,
-                 on_late: Optional[Callable[[BatchResult], None]]):
-        self.queue_name, self.on_late = queue_name, on_late
+                 on_late: Optional[Callable[[BatchResult], None]],
+                 claims: Optional[inflight.Claims] = None):
+        self.queue_name, self.on_late, self.claims = queue_name, on_late, claims
         self.attempt, self.max_retries = attempt, max_retries
         self.lock = threading.Lock()
         self.final: list[Job] = []  # recorded for good, in time or late
@@ -534,6 +559,8 @@ class _LateBatch:
             result = BatchResult()
             result.recorded, result.retry = _split([job], self.attempt, self.max_retries)
             _save(result.recorded + result.retry)
+            if self.claims is not None:
+                self.claims.release([job.resource_id])
             _notify(result.recorded, self.queue_name, packages=set())
             with self.lock:
                 self.final += result.recorded
@@ -667,6 +694,11 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                                wait_max=wait if wait > 0 else None,  # 0: wait for all
                                on_late=retry_late, handed_off_at=handed_off_at)
         _queue_retries(result.retry, queue, force, attempt)
+        for job in result.busy:  # again once the other worker is done with it
+            archive_resources.apply_async(
+                args=[[job.resource_id]], kwargs={"queue": queue, "force": force,
+                                                  "attempt": attempt},
+                queue=celery_app.queue_name(queue), countdown=inflight.TTL)
         if result.late:
             archive_resources.apply_async(
                 args=[[job.resource_id for job in result.late]],
@@ -676,6 +708,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         counts = result.counts()
         counts["retrying"] = len(result.retry)
         counts["handed off"] = len(result.late)
+        counts["busy elsewhere"] = len(result.busy)
         return counts
     except sa.exc.OperationalError as e:  # database unavailable: retry later
         model.Session.rollback()
