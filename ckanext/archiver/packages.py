@@ -46,7 +46,7 @@ import ckan.plugins.toolkit as tk
 from celery import shared_task
 from ckan import model
 
-from ckanext.archiver import celery_app, interfaces
+from ckanext.archiver import backends, celery_app, interfaces
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
@@ -90,10 +90,13 @@ class Member:
     """One file of the zip."""
 
     resource_id: str
-    source: str  # absolute path of the archived (or uploaded) file
+    source: str  # absolute path of the archived (or uploaded) file, or its store key
     arcname: str  # path inside the zip
     size: int
     sha256: Optional[str] = None  # as recorded by the archiver
+    # an object of the S3 store: opens a streamed body; and its time
+    opener: Optional[Callable[[], Any]] = None
+    mtime: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -209,7 +212,8 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
     taken: set[str] = {MANIFEST_NAME}
     for res in resources:
         a = archivals.get(res.id)
-        source = _source_path(res, a, store)
+        key = backends.store_key(a.cache_filepath) if a is not None else None
+        source = key or _source_path(res, a, store)
         url = res.url or ""
         if res.url_type == "upload" and url and "/" not in url:
             url = tk.url_for(f"{package.type or 'dataset'}_resource.download", id=package.id,
@@ -233,7 +237,18 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
             },
         }
         member_key: Any = None
-        if source is not None:
+        if key is not None:  # in the object store: streamed from it while zipping
+            member = Member(res.id, key, _arcname(key.rsplit("/", 1)[-1], res.id, taken),
+                            int(a.size or 0), a.sha256, opener=_object_opener(key),
+                            mtime=a.updated.replace(tzinfo=datetime.timezone.utc).timestamp()
+                            if a.updated else None)
+            members.append(member)
+            entry.update(path=member.arcname, bytes=member.size, mediatype=a.mimetype or None)
+            if a.sha256:
+                entry["hash"] = "sha256:" + a.sha256
+            entry["archiver"].update(archived_at=_iso(a.updated), sha256=a.sha256)
+            member_key = [member.arcname, member.size, a.sha256 or [a.hash, key]]
+        elif source is not None:
             size = os.path.getsize(source)
             # an upload is kept under its id by CKAN: name it as uploaded
             name = (urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
@@ -296,10 +311,15 @@ def _add_file(zf: zipfile.ZipFile, member: Member, level: int) -> str:
     """Copy one file into the zip in chunks; returns the sha256 of what was
     read (the bytes actually in the zip)."""
     digest = hashlib.sha256()
-    with open(member.source, "rb") as src:
-        stat = os.fstat(src.fileno())
-        info = _zipinfo(member.arcname, stat.st_mtime, level)
-        info.file_size = stat.st_size
+    src_cm = member.opener() if member.opener else open(member.source, "rb")
+    with contextlib.closing(src_cm) as src:
+        if member.opener:  # streamed from the object store
+            mtime, size = member.mtime or time.time(), member.size
+        else:
+            stat = os.fstat(src.fileno())
+            mtime, size = stat.st_mtime, stat.st_size
+        info = _zipinfo(member.arcname, mtime, level)
+        info.file_size = size
         with zf.open(info, "w", force_zip64=True) as dst:
             while True:
                 chunk = src.read(CHUNK)
@@ -358,9 +378,19 @@ def write_zip(members: Sequence[Member], manifest: Callable[[dict[str, str]], by
 
 
 def _storage() -> Storage:
-    from ckanext.archiver import tasks
+    """Where zips are built and kept: archive_dir (in S3 mode too; the
+    members are then streamed from the bucket)."""
+    return backends.local_store()
 
-    return tasks.storage()
+
+def _object_opener(key: str) -> Callable[[], Any]:
+    def opener() -> Any:
+        store = backends.store()
+        if not isinstance(store, backends.S3Store):
+            raise FileNotFoundError(f"{key} is in the object store, which is not configured")
+        return store.open(key)
+
+    return opener
 
 
 def _compresslevel() -> int:

@@ -317,3 +317,26 @@ def test_clean_cached_removes_objects_of_deleted_resources(raw_server, s3_env, r
     assert s3_env.clean({res["id"]}, named={kept}.__contains__) == (0, 0)  # too young
     assert s3_env.clean({res["id"]}, named={kept}.__contains__, min_age=0) == (1, 2)
     assert [k for k, _, _ in s3_env.objects()] == [kept]
+
+
+def test_dataset_zip_streams_members_from_the_store(raw_server, s3_env, archive_dir):
+    import json
+    import zipfile
+
+    from ckanext.archiver import packages
+
+    bodies = {"one.csv": b"a,b\n" * 50000, "two.json": b'{"x": 1}'}
+    dataset = factories.Dataset(resources=[
+        {"url": raw_server.route(f"/{name}", serve_bytes(body))} for name, body in bodies.items()])
+    tasks.archive_batch([r["id"] for r in dataset["resources"]])
+    assert all(not _row(r["id"]).cache_filepath.startswith("/") for r in dataset["resources"])
+
+    built = packages.build(dataset["id"]).package
+
+    with zipfile.ZipFile(built.path) as zf:
+        assert {n: zf.read(n) for n in zf.namelist() if n.startswith("data/")} == {
+            f"data/{name}": body for name, body in bodies.items()}
+        manifest = json.loads(zf.read("datapackage.json"))
+    assert [r["hash"] for r in manifest["resources"]] == [
+        "sha256:" + hashlib.sha256(b).hexdigest() for b in bodies.values()]
+    assert packages.build(dataset["id"]).built is False  # same members: not rebuilt
