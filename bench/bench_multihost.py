@@ -88,8 +88,8 @@ def main() -> None:
             at = lab.root_ip(i)
             ini = os.path.join(work, f"host-{i}.ini")
             bq.write_ini(ini, work, f"postgresql://ckan_default:pass@{at}:{fwd['pg']}/{db}",
-                         site_id, **common, **{
-                             "ckan.redis.url": f"redis://{at}:{fwd['redis']}/0",
+                         site_id, **{
+                             **common, "ckan.redis.url": f"redis://{at}:{fwd['redis']}/0",
                              "ckanext.archiver.s3_endpoint_url": f"http://{at}:{fwd['s3']}",
                              "ckanext.archiver.archive_dir": os.path.join(work, f"disk-{i}")})
             inis.append(ini)

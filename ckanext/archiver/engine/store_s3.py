@@ -349,19 +349,28 @@ class S3Upload:
         self.parts: list[dict] = []
         self.upload_id: Optional[str] = None
         self.done = False
-        self._buf = bytearray(store.part_size)  # the one part held in memory
+        # the one part held in memory: grown as the first part fills (a small
+        # file costs its size), then one buffer of part_size reused
+        self._buf = bytearray()
         self._fill = 0
+        self._fixed = False
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         self.size += len(view)
+        part_size = self.store.part_size
         while view:
-            n = min(len(view), len(self._buf) - self._fill)
-            self._buf[self._fill:self._fill + n] = view[:n]
+            n = min(len(view), part_size - self._fill)
+            if self._fixed:
+                self._buf[self._fill:self._fill + n] = view[:n]
+            else:
+                self._buf += view[:n]
             self._fill += n
             view = view[n:]
-            if self._fill == len(self._buf):
+            if self._fill >= part_size:
                 self._send_part(self._buf)
+                if not self._fixed:
+                    self._buf, self._fixed = bytearray(part_size), True
                 self._fill = 0
 
     def _call(self, action: str, method: str, **params: Any) -> Any:
