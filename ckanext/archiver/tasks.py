@@ -8,6 +8,7 @@ from __future__ import annotations
 from ckanext.archiver import config
 from ckanext.archiver.engine.outcome import FetchSettings
 from ckanext.archiver.engine.storage import Storage
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import services
 from ckanext.archiver.worker.batch import BatchResult, archive_batch
@@ -30,7 +31,7 @@ def archive_dir() -> str:
     return config.current().archive_dir
 
 
-def storage() -> Storage:
+def storage() -> Storage | S3Store:
     return services.storage()
 
 

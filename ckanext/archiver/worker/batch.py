@@ -9,7 +9,9 @@ check) in one transaction (``model.checks``) and tells downstream plugins
 (``interfaces``). It is idempotent and safe to kill at any line: files are
 written to a temp file and renamed, rows are written in one transaction
 after the files, and a killed worker's message is delivered again
-(acks_late, reject_on_worker_lost).
+(acks_late, reject_on_worker_lost). Each resource is claimed in Redis
+(``worker.inflight``) for the time it is archived: a resource another worker
+holds is left to it (``BatchResult.busy``, sent again later).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import checks
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import dispatch
+from ckanext.archiver.worker.inflight import Claims
 from ckanext.archiver.worker.resource import Run, discard_file, run_one, settle_files
-from ckanext.archiver.worker.services import limiter, storage
+from ckanext.archiver.worker.services import limiter, local_path, storage, store_key
 
 __all__ = ["BatchResult", "archive_batch", "save", "split_retries", "already_done",
            "announce"]
@@ -45,6 +48,7 @@ class BatchResult:
     skipped: list[Job] = field(default_factory=list)
     retry: list[Job] = field(default_factory=list)
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
+    busy: list[Job] = field(default_factory=list)  # being archived by another worker
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -95,6 +99,29 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         elif already_done(job, handed_off) or (not force and already_done(job, queued)):
             job.skip_reason = "already checked since queued"
         (result.skipped if job.skip_reason else todo).append(job)
+    claims = Claims(options)
+    if todo:  # never archived twice at the same time, on any host
+        _claimed, busy = claims.claim([job.resource_id for job in todo])
+        if busy:
+            busy_ids = set(busy)
+            result.busy = [job for job in todo if job.resource_id in busy_ids]
+            for job in result.busy:
+                job.skip_reason = "being archived by another worker"
+            result.skipped += result.busy
+            todo = [job for job in todo if job.resource_id not in busy_ids]
+    try:
+        return _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
+                                force, attempt, polite, wait_max, on_late, handed_off)
+    finally:
+        late_ids = {job.resource_id for job in result.late}
+        claims.release([rid for rid in list(claims.held) if rid not in late_ids])
+
+
+def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
+                     options: config.Options, resource_ids: list[str], queue_name: str,
+                     force: bool, attempt: int, polite: bool, wait_max: Optional[float],
+                     on_late: Optional[Callable[[BatchResult], None]],
+                     handed_off: Optional[datetime.datetime]) -> BatchResult:
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     checks.mark_started(todo)
@@ -120,7 +147,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         run_one(todo[0], run)
         done, late = todo, []
     else:
-        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, run)
+        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, run, claims)
         done, late = pool.run_batch(todo, lambda j: run_one(j, run), late_batch.finish,
                                     wait_max)
     result.recorded, result.retry = split_retries(done, attempt, max_retries)
@@ -144,7 +171,7 @@ def save(jobs: list[Job], run: Run) -> list[Job]:
         committed = checks.save(jobs, run.options.recheck_days,
                                 discard=lambda job: discard_file(job, run.store))
     finally:
-        settle_files(jobs, committed, run.store)
+        settle_files(jobs, committed, run.store, run.options)
     return committed
 
 
@@ -167,8 +194,9 @@ class _LateBatch:
     late downloads are announced (those without were announced at once)."""
 
     def __init__(self, queue_name: str, attempt: int, max_retries: int,
-                 on_late: Optional[Callable[[BatchResult], None]], run: Run):
-        self.queue_name, self.on_late = queue_name, on_late
+                 on_late: Optional[Callable[[BatchResult], None]], run: Run,
+                 claims: Optional[Claims] = None):
+        self.queue_name, self.on_late, self.claims = queue_name, on_late, claims
         self.run = run
         self.attempt, self.max_retries = attempt, max_retries
         self.lock = threading.Lock()
@@ -182,6 +210,8 @@ class _LateBatch:
             result = BatchResult()
             result.recorded, result.retry = split_retries([job], self.attempt, self.max_retries)
             saved = {id(j) for j in save(result.recorded + result.retry, self.run)}
+            if self.claims is not None:
+                self.claims.release([job.resource_id])
             announced = [j for j in result.recorded if id(j) in saved]
             announce(announced, self.queue_name, packages=set())
             with self.lock:
@@ -215,9 +245,12 @@ def announce(jobs: list[Job], queue_name: str, packages: Optional[set] = None,
     of ``jobs``) whose active resources are all in ``complete`` (default:
     ``jobs``)."""
     for job in jobs:
+        kept = job.cache_filepath or (job.previous or {}).get("cache_filepath")
+        # a local file's path (what ckanext-qa opens), or in S3 mode the
+        # object's key; the URL serves the copy either way
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
-                          cache_filepath=job.cache_filepath or (job.previous or {}).get(
-                              "cache_filepath"))
+                          cache_filepath=local_path(kept), cache_key=store_key(kept),
+                          cache_url=job.cache_url or (job.previous or {}).get("cache_url"))
     complete = jobs if complete is None else complete
     packages = {job.package_id for job in jobs} if packages is None else packages
     done: dict[str, set[str]] = {}

@@ -28,7 +28,7 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.zipper import DatasetZip
 from ckanext.archiver.model import checks, utcnow
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import app, zips
+from ckanext.archiver.worker import app, inflight, zips
 from ckanext.archiver.worker.batch import BatchResult, archive_batch
 from ckanext.archiver.worker.retry import MAX_DELIVERIES, backoff, late_check_delay
 
@@ -86,6 +86,11 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                                wait_max=wait if wait > 0 else None,  # 0: wait for all
                                on_late=retry_late, handed_off_at=handed_off_at)
         _queue_retries(result.retry, queue, force, attempt)
+        for job in result.busy:  # again once the other worker is done with it
+            archive_resources.apply_async(
+                args=[[job.resource_id]], kwargs={"queue": queue, "force": force,
+                                                  "attempt": attempt},
+                queue=options.queue_name(queue), countdown=inflight.TTL)
         if result.late:
             archive_resources.apply_async(
                 args=[[job.resource_id for job in result.late]],
@@ -95,6 +100,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         counts = result.counts()
         counts["retrying"] = len(result.retry)
         counts["handed off"] = len(result.late)
+        counts["busy elsewhere"] = len(result.busy)
         return counts
     except sa.exc.OperationalError as e:  # database unavailable: retry later
         model.Session.rollback()
