@@ -81,6 +81,11 @@ if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   done
 fi
 
+# --- iproute2 (the multi-host test makes network namespaces with `ip`) -------
+if ! command -v ip >/dev/null; then
+  apt_install iproute2
+fi
+
 # --- Role and databases -----------------------------------------------------
 if [ "$(as_postgres psql -qtAc "select 1 from pg_roles where rolname='$DB_USER'")" != 1 ]; then
   say "creating database role $DB_USER"

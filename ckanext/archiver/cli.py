@@ -21,9 +21,11 @@ from ckanext.archiver.clitools import check_archive_dir as _check_archive_dir
 from ckanext.archiver.clitools import fail as _fail
 from ckanext.archiver.clitools import human_bytes, human_time, plural
 from ckanext.archiver.config import QUEUES
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model import Archival, ArchivalHistory, active_dataset, rows, selection, usage
 from ckanext.archiver.model.org_notify import AlreadyRunning, active_organizations
 from ckanext.archiver.worker import digest, dispatch, figures, zips
+from ckanext.archiver.worker import migrate_storage as migration
 from ckanext.archiver.worker.services import storage
 
 __all__ = ["archiver"]
@@ -121,6 +123,9 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
     site = options.site_id
     args = [sys.executable, "-m", "celery", "-A", "ckanext.archiver.celery_app", "worker",
             "-Q", queues, "-n", f"archiver-{which}-{site}@%h", "--loglevel=INFO",
+            # many workers on one Redis: no gossip (it has leaked queues at
+            # scale) and no start-up handshake with every other worker
+            "--without-gossip", "--without-mingle",
             *WORKER_DEFAULTS[which], *celery_args]
     env = dict(os.environ, CKAN_INI=os.path.abspath(ctx.obj.config["__file__"]))
     os.execvpe(args[0], args, env)
@@ -227,7 +232,8 @@ def clean_status():
                    "lower max_content_length); their rows stay, without the copy.")
 def clean_cached(dry_run: bool, larger_than: Optional[int]):
     """Remove archived files of deleted resources, files no row names
-    (orphans) and stale temp files."""
+    (orphans) and stale temp files (in S3 mode: objects of deleted resources,
+    objects no row names and abandoned multipart uploads)."""
     verb = "Would remove" if dry_run else "Removed"
     try:
         store = storage()
@@ -243,7 +249,11 @@ def clean_cached(dry_run: bool, larger_than: Optional[int]):
                        f"{human_bytes(larger_than)}, {human_bytes(freed)}")
             return
         keep = rows.active_resource_ids()
-        files, freed = store.clean(keep, dry_run=dry_run, files=rows.named_files(keep))
+        if isinstance(store, S3Store):  # objects no row names (a failed commit) go too
+            files, freed = store.clean(keep, dry_run=dry_run,
+                                       named=rows.named_copies().__contains__)
+        else:
+            files, freed = store.clean(keep, dry_run=dry_run, files=rows.named_files(keep))
     except OSError as e:
         _fail(f"archive_dir {config.current().archive_dir} is not usable: {e.strerror or e}")
         return
@@ -295,6 +305,38 @@ def orphans(delete: bool):
         return
     removed = clitools.delete_orphans(found, storage())
     click.echo(f"Deleted {plural(n_rows, 'orphan row')} and {plural(removed, 'orphan file')}")
+
+
+@archiver.command("migrate-storage")
+@click.option("--dry-run", is_flag=True, help="Only say what would be copied.")
+@click.option("--remove-local", is_flag=True,
+              help="Delete each local file once its row names the verified object.")
+def migrate_storage(dry_run: bool, remove_local: bool):
+    """Copy the local archive (archive_dir) into the object store, verifying
+    each object's sha1 before its row is switched. Safe to stop and re-run."""
+    store = storage()
+    if not isinstance(store, S3Store):
+        _fail("migrate-storage copies archive_dir into the object store: set "
+              "ckanext.archiver.storage_backend = s3 and the s3_* options first")
+        return
+    candidates = migration.candidates()
+    click.echo(f"{len(candidates)} rows name a file in {config.current().archive_dir}")
+
+    def progress(items):
+        with click.progressbar(items, label="Copying" if not dry_run else "Checking",
+                               file=sys.stderr) as bar:
+            yield from bar
+
+    result = migration.run(store, dry_run=dry_run, remove_local=remove_local,
+                           progress=progress)
+    for line in result.errors[:50]:
+        click.echo("  " + line)
+    verb = "Would switch" if dry_run else "Switched"
+    click.echo(f"{verb} {result.switched} rows ({result.bytes} bytes sent, "
+               f"{result.already} already in the store); {result.missing} files missing, "
+               f"{result.failed} failed")
+    if result.failed:
+        sys.exit(1)
 
 
 @archiver.command("purge-queues")

@@ -46,7 +46,10 @@ def broker_error(e: Exception) -> None:
 
 
 def check_archive_dir() -> None:
-    path = config.current().archive_dir
+    options = config.current()
+    if options.is_s3:
+        return  # copies go to the bucket: no archive disk needed
+    path = options.archive_dir
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:

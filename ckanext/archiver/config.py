@@ -41,6 +41,16 @@ class Options:
     max_archive_bytes: int
     download: bool
     check_only_formats: frozenset
+    storage_backend: str
+    s3_bucket: str
+    s3_prefix: str
+    s3_endpoint_url: Optional[str]
+    s3_region: Optional[str]
+    s3_access_key_id: Optional[str]
+    s3_secret_access_key: Optional[str]
+    s3_addressing_style: str
+    s3_part_size: int
+    s3_presign_seconds: int
     # fetching
     user_agent: str
     verify_https: bool
@@ -68,6 +78,7 @@ class Options:
     host_down_after: int
     max_retries: int
     retry_delay: float
+    visibility_timeout: int
     # serving and pages
     serve_with: str
     x_accel_prefix: str
@@ -100,6 +111,11 @@ class Options:
     smtp_mail_from: Optional[str]
 
     # -- derived values ------------------------------------------------------
+
+    @property
+    def is_s3(self) -> bool:
+        """Copies are kept in the S3-compatible store, not in archive_dir."""
+        return self.storage_backend == "s3"
 
     @property
     def redis_prefix(self) -> str:
@@ -145,6 +161,16 @@ def current(cfg: Any = None) -> Options:
         max_archive_bytes=int(get("max_archive_bytes") or 0),
         download=bool(get("download")),
         check_only_formats=frozenset(f.lower() for f in get("check_only_formats") or ()),
+        storage_backend=get("storage_backend") or "local",
+        s3_bucket=get("s3_bucket") or "",
+        s3_prefix=get("s3_prefix") or "",
+        s3_endpoint_url=get("s3_endpoint_url") or None,
+        s3_region=get("s3_region") or None,
+        s3_access_key_id=get("s3_access_key_id") or None,
+        s3_secret_access_key=get("s3_secret_access_key") or None,
+        s3_addressing_style=get("s3_addressing_style") or "auto",
+        s3_part_size=int(get("s3_part_size") or 0),
+        s3_presign_seconds=int(get("s3_presign_seconds") or 0),
         user_agent=get("user_agent") or default_user_agent(c.get("ckan.site_url")),
         verify_https=bool(get("verify_https")),
         connect_timeout=_float(get("connect_timeout")),
@@ -170,6 +196,7 @@ def current(cfg: Any = None) -> Options:
         host_down_after=int(get("host_down_after")),
         max_retries=int(get("max_retries")),
         retry_delay=_float(get("retry_delay")),
+        visibility_timeout=int(get("visibility_timeout") or 0),
         serve_with=get("serve_with"),
         x_accel_prefix=get("x_accel_prefix") or "",
         report_page_size=max(int(get("report_page_size")), 1),

@@ -12,7 +12,9 @@ that portals sharing a Redis server never see each other's state:
   (``engine.hostqueue``);
 * ``archiver:<site_id>:package-pending:<package_id>``: a zip build waiting;
 * ``archiver:<site_id>:package-request:<package_id>:<user_id>``: a user asked
-  for a zip by email (at most once in ten minutes).
+  for a zip by email (at most once in ten minutes);
+* ``archiver:<site_id>:running:<resource_id>``: a worker's claim on a
+  resource it is archiving now (``worker.inflight``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ckanext.archiver.config import Options
 from ckanext.archiver.engine import pool
 
 __all__ = ["REDIS_CONNECTIONS", "client", "pending", "pending_pattern", "deliveries",
-           "hosts_prefix", "host_pattern", "package_pending", "package_request"]
+           "hosts_prefix", "host_pattern", "package_pending", "package_request", "running"]
 
 _clients: dict[str, redis.Redis] = {}
 
@@ -75,3 +77,8 @@ def package_pending(options: Options, package_id: str) -> str:
 
 def package_request(options: Options, package_id: str, user_id: str) -> str:
     return f"{options.redis_prefix}:package-request:{package_id}:{user_id}"
+
+
+def running(options: Options, resource_id: str) -> str:
+    """A worker's claim on a resource it is archiving now (worker/inflight.py)."""
+    return f"{options.redis_prefix}:running:{resource_id}"

@@ -12,6 +12,7 @@ from ckanext.archiver.compat import legacy_tasks
 from ckanext.archiver.compat.legacy_tasks import *  # noqa: F403 (the older archiver's names)
 from ckanext.archiver.engine.outcome import FetchSettings
 from ckanext.archiver.engine.storage import Storage
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import services
 from ckanext.archiver.worker.batch import BatchResult, archive_batch
@@ -34,7 +35,7 @@ def archive_dir() -> str:
     return config.current().archive_dir
 
 
-def storage() -> Storage:
+def storage() -> Storage | S3Store:
     return services.storage()
 
 

@@ -54,8 +54,15 @@ from ckanext.archiver.engine.headers import (
     suggest_filename,
 )
 from ckanext.archiver.engine.netguard import BlockedAddress
-from ckanext.archiver.engine.outcome import FetchSettings, Outcome, Previous, now_utc
+from ckanext.archiver.engine.outcome import (
+    FetchSettings,
+    Outcome,
+    Previous,
+    cache_file_ok,
+    now_utc,
+)
 from ckanext.archiver.engine.session import get_session
+from ckanext.archiver.engine.sink import Sink, SinkFactory, StoreError
 from ckanext.archiver.engine.sniff import HTML_TYPES
 from ckanext.archiver.engine.urlnorm import InvalidURL, normalise_url
 
@@ -79,15 +86,19 @@ def fetch(
     tmp_dir: str,
     force: bool = False,
     session: Optional[requests.Session] = None,
+    sink: Optional[SinkFactory] = None,
 ) -> Outcome:
     """Check (and download) ``url``; see the module docstring.
 
     On ARCHIVED the body is in ``Outcome.tmp_path`` (in ``tmp_dir``) and the
     caller moves it into place with ``Storage.store``. On every other status
-    no temporary file is left behind.
+    no temporary file is left behind. With ``sink`` (a factory called with
+    the file name once the headers are in) the body is written to the sink
+    instead: on ARCHIVED it is in ``Outcome.staged`` for the caller to
+    ``complete()`` or ``abort()``; on every other status it was aborted.
     """
     started = time.monotonic()
-    attempt = _Attempt(settings, previous, tmp_dir, session, force)
+    attempt = _Attempt(settings, previous, tmp_dir, session, force, sink)
     outcome: Optional[Outcome] = None
     try:
         outcome = attempt.run(url)
@@ -100,7 +111,7 @@ def fetch(
         )
     finally:
         attempt.close()
-        if outcome is None or outcome.tmp_path is None:
+        if outcome is None or (outcome.tmp_path is None and outcome.staged is None):
             attempt.discard_tmp()
     outcome.duration = time.monotonic() - started
     return outcome
@@ -111,7 +122,7 @@ PASS_THROUGH = frozenset({"SoftTimeLimitExceeded", "TimeLimitExceeded", "Termina
 
 
 class _Attempt(Download):
-    def __init__(self, settings, previous, tmp_dir, session, force):
+    def __init__(self, settings, previous, tmp_dir, session, force, sink=None):
         self.settings: FetchSettings = settings
         self.previous: Previous = previous or Previous()
         self.tmp_dir = tmp_dir
@@ -122,6 +133,8 @@ class _Attempt(Download):
         self.info: dict = {}  # header fields of the final response, once known
         self.bytes_received = 0
         self.tmp_path: Optional[str] = None
+        self.sink: Optional[SinkFactory] = sink
+        self.staged: Optional[Sink] = None
         self.deadline: Optional[Deadline] = None
         self.host_answered: Optional[bool] = None
 
@@ -147,6 +160,12 @@ class _Attempt(Download):
             self.deadline.stop()
 
     def discard_tmp(self) -> None:
+        if self.staged is not None:
+            staged, self.staged = self.staged, None
+            try:
+                staged.abort()
+            except StoreError as e:  # the store drops it by itself (lifecycle rule)
+                log.warning("%s", e)
         if self.tmp_path:
             try:
                 os.unlink(self.tmp_path)
@@ -168,8 +187,7 @@ class _Attempt(Download):
             return done.outcome
 
     def _cache_file_ok(self) -> bool:
-        path = self.previous.cache_filepath
-        return not path or not self.settings.download or os.path.exists(path)
+        return cache_file_ok(self.previous.cache_filepath, self.settings.download)
 
     def _run(self) -> Outcome:
         prev = self.previous

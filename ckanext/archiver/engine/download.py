@@ -5,9 +5,10 @@ imports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import requests
 import urllib3
@@ -18,6 +19,7 @@ from ckanext.archiver.engine.errors import Done, os_error
 from ckanext.archiver.engine.hashing import Hasher
 from ckanext.archiver.engine.headers import human
 from ckanext.archiver.engine.outcome import Outcome
+from ckanext.archiver.engine.sink import StoreError
 from ckanext.archiver.engine.sniff import HTML_TYPES, SNIFF_BYTES, decide_mimetype
 
 __all__ = ["Download", "chunks"]
@@ -25,7 +27,8 @@ __all__ = ["Download", "chunks"]
 
 class Download:
     """The body of a 2xx response (mixed into the attempt: uses its
-    ``settings``, ``deadline``, ``previous``, ``tmp_dir`` and ``stop``)."""
+    ``settings``, ``deadline``, ``previous``, ``tmp_dir``, ``sink``,
+    ``staged`` and ``stop``)."""
 
     def _download(self, response, declared_type, length, filename) -> Outcome:
         raw = response.raw
@@ -34,13 +37,18 @@ class Download:
         hasher = Hasher()
         head = bytearray()
         written = 0
-        try:
-            os.makedirs(self.tmp_dir, exist_ok=True)
-            fd, self.tmp_path = tempfile.mkstemp(dir=self.tmp_dir, prefix="fetch-", suffix=".part")
-        except OSError as e:
-            reason = f"Could not create a temporary file ({os_error(e)})"
-            raise self.stop(status.SYSTEM_ERROR, reason) from None
-        with open(fd, "wb", buffering=0) as out, hasher:
+        if self.sink is not None:
+            out: Any = self._open_sink(filename)
+        else:
+            try:
+                os.makedirs(self.tmp_dir, exist_ok=True)
+                fd, self.tmp_path = tempfile.mkstemp(
+                    dir=self.tmp_dir, prefix="fetch-", suffix=".part")
+            except OSError as e:
+                reason = f"Could not create a temporary file ({os_error(e)})"
+                raise self.stop(status.SYSTEM_ERROR, reason) from None
+            out = open(fd, "wb", buffering=0)
+        with out, hasher:
             try:
                 for chunk in chunks(raw, chunk_size, self.deadline):
                     written += len(chunk)
@@ -87,7 +95,8 @@ class Download:
             reason = f"Downloaded {human(written)}, but the link goes to a web page, not a file"
         else:
             reason = f"Downloaded {human(written)}"
-        return self.result(status.ARCHIVED, reason, tmp_path=self.tmp_path, **fields)
+        return self.result(status.ARCHIVED, reason, tmp_path=self.tmp_path,
+                           staged=self.staged, **fields)
 
     def _discard(self, response: requests.Response) -> None:
         """Let go of a response whose body is not wanted: read a small rest so
@@ -107,8 +116,14 @@ class Download:
         response.close()
 
     def _write(self, out: Any, chunk: bytes) -> None:
-        """Write all of ``chunk`` to the unbuffered file; a disk error (disk
-        full...) is a system error."""
+        """Write all of ``chunk`` to the unbuffered file (or the sink); a
+        disk or store error (disk full, store refused...) is a system error."""
+        if self.staged is not None:
+            try:
+                self.staged.write(chunk)
+            except StoreError as e:
+                raise self.stop(status.SYSTEM_ERROR, f"Could not save the download ({e})") from None
+            return
         view = memoryview(chunk)
         try:
             while view:
@@ -116,6 +131,14 @@ class Download:
         except OSError as e:
             reason = f"Could not save the download ({os_error(e)})"
             raise self.stop(status.SYSTEM_ERROR, reason) from None
+
+    def _open_sink(self, filename: Optional[str]) -> Any:
+        try:
+            self.staged = self.sink(filename or "resource")
+        except (StoreError, ValueError) as e:
+            raise self.stop(status.SYSTEM_ERROR, f"Could not save the download ({e})") from None
+        return contextlib.nullcontext(self.staged)
+
 
 
 def chunks(raw: Any, chunk_size: int, deadline: Deadline) -> Iterator[bytes]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from ckanext.archiver import status
 from ckanext.archiver.engine.urlnorm import InvalidURL, normalise_url
@@ -58,8 +58,7 @@ class Previous:
                     return False
             except InvalidURL:
                 return False
-        path = self.cache_filepath
-        return not path or not download or os.path.exists(path)
+        return cache_file_ok(self.cache_filepath, download)
 
     def fresh_for(self, url: str, download: bool, now: datetime) -> Optional[datetime]:
         """Until when the previous response may be reused for ``url`` without
@@ -72,6 +71,12 @@ class Previous:
         if fresh.tzinfo is None:
             fresh = fresh.replace(tzinfo=timezone.utc)
         return fresh if fresh > now else None
+
+
+def cache_file_ok(path: Optional[str], download: bool) -> bool:
+    """Whether the previous check's kept file is still there. A relative
+    path is a key of the object store: trusted, not looked up on disk."""
+    return not path or not download or not os.path.isabs(path) or os.path.exists(path)
 
 
 def now_utc() -> datetime:
@@ -96,6 +101,8 @@ class Outcome:
     hash: Optional[str] = None  # sha1 hex (legacy column)
     sha256: Optional[str] = None
     tmp_path: Optional[str] = None
+    # with fetch(sink=...): the written, not yet completed upload (engine.sink.Sink)
+    staged: Any = None
     filename: Optional[str] = None
     is_web_page: bool = False
     transient: bool = False

@@ -58,10 +58,13 @@ class Member:
     """One file of the zip."""
 
     resource_id: str
-    source: str  # absolute path of the archived (or uploaded) file
+    source: str  # absolute path of the archived (or uploaded) file, or its store key
     arcname: str  # path inside the zip
     size: int
     sha256: Optional[str] = None  # as recorded by the archiver
+    # an object of the S3 store: opens a streamed body; and its time
+    opener: Optional[Callable[[], Any]] = None
+    mtime: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +121,15 @@ def _add_file(zf: zipfile.ZipFile, member: Member, level: int) -> str:
     """Copy one file into the zip in chunks; returns the sha256 of what was
     read (the bytes actually in the zip)."""
     digest = hashlib.sha256()
-    with open(member.source, "rb") as src:
-        stat = os.fstat(src.fileno())
-        info = _zipinfo(member.arcname, stat.st_mtime, level)
-        info.file_size = stat.st_size
+    source = member.opener() if member.opener else open(member.source, "rb")
+    with contextlib.closing(source) as src:
+        if member.opener:  # streamed from the object store
+            mtime, size = member.mtime or time.time(), member.size
+        else:
+            stat = os.fstat(src.fileno())
+            mtime, size = stat.st_mtime, stat.st_size
+        info = _zipinfo(member.arcname, mtime, level)
+        info.file_size = size
         with zf.open(info, "w", force_zip64=True) as dst:
             while True:
                 chunk = src.read(CHUNK)

@@ -1,6 +1,7 @@
 """Queue marks and housekeeping of ``archival`` rows (beside a batch's own
 writes in ``checks``): what ``worker.dispatch`` records when it queues, what
-``forget`` and the ``clean-*`` commands change."""
+``forget`` and the ``clean-*`` commands change, what ``migrate-storage``
+switches."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from ckan import model
 
 from ckanext.archiver.model import Archival, rounds, utcnow
 
-__all__ = ["mark_queued", "lost", "unqueue_all", "forget",
-           "delete_orphans", "clear_cache_columns", "active_resource_ids", "named_files", "counts"]
+__all__ = ["mark_queued", "lost", "unqueue_all", "forget", "delete_orphans", "clear_cache_columns",
+           "active_resource_ids", "named_files", "counts", "store_bytes", "named_copies",
+           "local_copies", "switch_copy"]
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
@@ -111,3 +113,38 @@ def counts() -> tuple[int, int]:
     total = model.Session.query(Archival).count()
     broken = model.Session.query(Archival).filter(Archival.is_broken.is_(True)).count()
     return total, broken
+
+
+def store_bytes() -> int:
+    """Bytes of the copies kept in the object store, as the rows say (the
+    quota in S3 mode: listing a large bucket per check would be too slow)."""
+    a = Archival.__table__
+    with model.meta.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(a.c.size), 0)).where(
+            a.c.cache_filepath.isnot(None), ~a.c.cache_filepath.startswith("/"))).scalar())
+
+
+def named_copies() -> set[str]:
+    """Every ``cache_filepath`` a row names (the orphan sweep of the store)."""
+    a = Archival.__table__
+    return {row[0] for row in model.Session.execute(
+        sa.select(a.c.cache_filepath).where(a.c.cache_filepath.isnot(None)))}
+
+
+def local_copies() -> list[tuple[str, str, str, Optional[str], Optional[int]]]:
+    """``(resource_id, package_id, cache_filepath, hash, size)`` of the rows
+    whose copy is a local file (an absolute path)."""
+    a = Archival.__table__
+    return [tuple(r) for r in model.Session.execute(sa.select(
+        a.c.resource_id, a.c.package_id, a.c.cache_filepath, a.c.hash, a.c.size).where(
+        a.c.cache_filepath.startswith("/")).order_by(a.c.resource_id)).all()]
+
+
+def switch_copy(resource_id: str, path: str, key: str, cache_url: str) -> bool:
+    """The row names ``key`` instead of ``path``, only if it still names
+    ``path`` (a worker may have archived a newer copy meanwhile)."""
+    a = Archival.__table__
+    with model.meta.engine.begin() as conn:
+        return bool(conn.execute(sa.update(a).where(
+            a.c.resource_id == resource_id, a.c.cache_filepath == path).values(
+            cache_filepath=key, cache_url=cache_url)).rowcount)

@@ -21,7 +21,7 @@ from ckanext.archiver.testing import nosearch
 from ckanext.archiver.tests.helpers import forget_hosts
 from ckanext.archiver.tests.http_fixtures import *  # noqa: F403
 from ckanext.archiver.worker import app as worker_app
-from ckanext.archiver.worker import dispatch
+from ckanext.archiver.worker import dispatch, services
 
 nosearch.install()
 
@@ -132,3 +132,33 @@ def subprocess_worker(archiver_env, make_ini):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3 server (SeaweedFS ``weed mini``) on 127.0.0.1 with ports of
+    its own, for the whole session; killed by its PID at teardown."""
+    from ckanext.archiver.tests import seaweed
+
+    weed = seaweed.start(str(tmp_path_factory.mktemp("seaweedfs")))
+    try:
+        yield weed
+    finally:
+        weed.stop()
+
+
+@pytest.fixture
+def s3_env(archiver_env, seaweedfs, ckan_config, monkeypatch, request):
+    """archiver_env with ``storage_backend = s3``: a fresh bucket of the
+    session's SeaweedFS for this test. Yields the S3Store."""
+    import re
+
+    bucket = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") \
+        + "-" + os.urandom(3).hex()
+    seaweedfs.make_bucket(bucket)
+    options = seaweedfs.options(bucket)
+    for key, value in options.items():
+        monkeypatch.setitem(ckan_config, "ckanext.archiver." + key, value)
+    services._s3.cache_clear()
+    yield services.storage()
+    services._s3.cache_clear()

@@ -1,23 +1,35 @@
 """Cached copies: ``archiver.cached_copy``
 (``/dataset/<id>/resource/<resource_id>/archive/<filename>``), served with
-the dataset's read permission."""
+the dataset's read permission: a file of archive_dir, or (S3 mode) a 302 to
+a short-lived presigned GET of the object."""
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
 from typing import Optional
 
 import ckan.plugins.toolkit as tk
 from ckan import model
-from flask import request
+from flask import Response, redirect, request
 
 from ckanext.archiver import config
 from ckanext.archiver.engine.files import inside
+from ckanext.archiver.engine.sink import StoreError
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model import Archival, active_dataset
-from ckanext.archiver.views.common import request_context, require_access, serve_archive_file
+from ckanext.archiver.views.common import (
+    content_disposition,
+    request_context,
+    require_access,
+    serve_archive_file,
+)
+from ckanext.archiver.worker.services import storage, store_key
 
 __all__ = ["cached_copy"]
+
+log = logging.getLogger(__name__)
 
 
 def _cached_file(archival: Archival, filename: str) -> Optional[str]:
@@ -49,16 +61,36 @@ def cached_copy(id: str, resource_id: str, filename: str):
             or resource.package_id != package.id):
         tk.abort(404, tk._("Resource not found"))
     archival = Archival.get_for_resource(resource.id)
-    path = _cached_file(archival, filename) if archival else None
-    if path is None:
+    key = store_key(archival.cache_filepath) if archival else None
+    path = _cached_file(archival, filename) if archival and key is None else None
+    if path is None and key is None:
         tk.abort(404, tk._("No cached copy of this resource"))
 
     if package.private:
         request.environ["__no_cache__"] = True
     mimetype = (archival.mimetype or mimetypes.guess_type(filename)[0]
                 or "application/octet-stream")
+    if key is not None:
+        return _redirect_to_store(key, filename, mimetype)
     response = serve_archive_file(path, mimetype, archival.sha256 or True, filename)
     # Bytes from somebody else's server, on the portal's origin: never let
     # a browser run them as a page of the portal.
     response.headers["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+def _redirect_to_store(key: str, filename: str, mimetype: str) -> Response:
+    """302 to a presigned GET of the object (valid ``s3_presign_seconds``),
+    answering with the download name and type; Range goes to the store."""
+    store = storage()
+    if not isinstance(store, S3Store) or key.rsplit("/", 1)[-1] != filename:
+        tk.abort(404, tk._("No cached copy of this resource"))
+    try:
+        url = store.presigned_get(key, content_disposition(filename), mimetype)
+    except StoreError as e:
+        log.error("Cached copy %s: %s", key, e)
+        tk.abort(503, tk._("The archive store is not available, please try again later"))
+    response = redirect(url, code=302)
+    response.headers["Cache-Control"] = "no-store"  # the URL expires; never cache it
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response

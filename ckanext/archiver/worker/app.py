@@ -87,8 +87,9 @@ def build(cfg: Any = None) -> Any:
         task_soft_time_limit=soft,
         task_time_limit=hard,
         broker_transport_options={
-            # longer than any task and than any retry countdown
-            "visibility_timeout": max(hard + 300, MAX_COUNTDOWN + 300),
+            # longer than any task and than any retry countdown (unless set)
+            "visibility_timeout": options.visibility_timeout
+            or max(hard + 300, MAX_COUNTDOWN + 300),
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,

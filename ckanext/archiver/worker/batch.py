@@ -18,6 +18,11 @@ on the host's waiting list (``worker.hosts``), and the process whose slot on
 the host comes free next runs it as a batch of its own (``grant``), whose
 row the process's recorder writes together with others
 (``worker.recorder``).
+
+Each resource is claimed in Redis (``worker.inflight``) for the time it is
+archived: a resource another worker holds at the same URL is left to it
+(``BatchResult.busy``, sent again a moment later); a check that goes on its
+host's list gives its claim up, and whoever is granted the slot claims it.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import checks
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import dispatch, hosts
+from ckanext.archiver.worker.inflight import Claims
 from ckanext.archiver.worker.recorder import Recorder
 from ckanext.archiver.worker.resource import Run, discard_file, run_one, settle_files
 from ckanext.archiver.worker.retry import backoff
-from ckanext.archiver.worker.services import limiter, storage
+from ckanext.archiver.worker.services import limiter, local_path, storage, store_key
 
 __all__ = ["BatchResult", "archive_batch", "save", "record", "record_errors",
            "split_retries", "already_done", "announce"]
@@ -56,6 +62,7 @@ class BatchResult:
     retry: list[Job] = field(default_factory=list)
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
     deferred: list[Job] = field(default_factory=list)  # on their hosts' waiting lists
+    busy: list[Job] = field(default_factory=list)  # being archived by another worker
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -119,6 +126,35 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         if job.skip_reason and job.grant is not None:
             hosts.give_back(job.grant)
             job.grant = None
+    claims = Claims(options)
+    if todo:  # never archived twice at the same time, on any host
+        _claimed, busy = claims.claim([job.resource_id for job in todo],
+                                      [job.url for job in todo])
+        if busy:
+            busy_ids = set(busy)
+            result.busy = [job for job in todo if job.resource_id in busy_ids]
+            for job in result.busy:
+                job.skip_reason = "being archived by another worker"
+                if job.grant is not None:
+                    hosts.give_back(job.grant)
+                    job.grant = None
+            result.skipped += result.busy
+            todo = [job for job in todo if job.resource_id not in busy_ids]
+    try:
+        return _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
+                                force, attempt, polite, wait_max, on_late, handed_off,
+                                queued_at, defer, grant)
+    finally:
+        late_ids = {job.resource_id for job in result.late}
+        claims.release([rid for rid in list(claims.held) if rid not in late_ids])
+
+
+def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
+                     options: config.Options, resource_ids: list[str], queue_name: str,
+                     force: bool, attempt: int, polite: bool, wait_max: Optional[float],
+                     on_late: Optional[Callable[[BatchResult], None]],
+                     handed_off: Optional[datetime.datetime], queued_at: Optional[str],
+                     defer: bool, grant: Optional[Grant]) -> BatchResult:
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     if grant is None:  # a check that waited for its host was marked when it was taken
@@ -149,13 +185,13 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     if polite and (defer or grant is not None):
         deferral = hosts.Deferral(hosts.hostqueue(options), queue_name, queued_at, force, attempt)
     run = Run(options, store, limiter(options) if polite and deferral is None else None, force,
-              deferral)
+              deferral, claims)
     max_retries = options.max_retries
     if len(todo) == 1:
         run_one(todo[0], run)
         done, late = todo, []
     else:
-        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, run)
+        late_batch = _LateBatch(queue_name, attempt, max_retries, on_late, run, claims)
         done, late = pool.run_batch(todo, lambda j: run_one(j, run), late_batch.finish,
                                     wait_max)
     result.deferred = [job for job in done if job.deferred]
@@ -181,7 +217,7 @@ def save(jobs: list[Job], run: Run) -> tuple[list[Job], set[str]]:
         committed, finished = checks.save(jobs, run.options.recheck_days,
                                           discard=lambda job: discard_file(job, run.store))
     finally:
-        settle_files(jobs, committed, run.store)
+        settle_files(jobs, committed, run.store, run.options)
     return committed, finished
 
 
@@ -223,8 +259,9 @@ class _LateBatch:
     announces the dataset, see ``model.rounds``)."""
 
     def __init__(self, queue_name: str, attempt: int, max_retries: int,
-                 on_late: Optional[Callable[[BatchResult], None]], run: Run):
-        self.queue_name, self.on_late = queue_name, on_late
+                 on_late: Optional[Callable[[BatchResult], None]], run: Run,
+                 claims: Optional[Claims] = None):
+        self.queue_name, self.on_late, self.claims = queue_name, on_late, claims
         self.run = run
         self.attempt, self.max_retries = attempt, max_retries
 
@@ -240,6 +277,8 @@ class _LateBatch:
             if self.on_late is not None:
                 self.on_late(result)
         finally:
+            if self.claims is not None:  # recorded, or deferred (its claim went then)
+                self.claims.release([job.resource_id])
             model.Session.remove()
 
 
@@ -249,9 +288,12 @@ def announce(jobs: list[Job], queue_name: str, finished: Iterable[str] = ()) -> 
     for job in jobs:
         if job.superseded:
             continue
+        kept = job.cache_filepath or (job.previous or {}).get("cache_filepath")
+        # a local file's path (what ckanext-qa opens), or in S3 mode the
+        # object's key; the URL serves the copy either way
         interfaces.notify("archived", queue_name, resource_id=job.resource_id,
-                          cache_filepath=job.cache_filepath or (job.previous or {}).get(
-                              "cache_filepath"))
+                          cache_filepath=local_path(kept), cache_key=store_key(kept),
+                          cache_url=job.cache_url or (job.previous or {}).get("cache_url"))
     for package_id in sorted(finished):
         interfaces.notify("package-archived", queue_name, package_id=package_id)
 

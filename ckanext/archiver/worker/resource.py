@@ -1,7 +1,10 @@
 """One resource of a batch: its politeness slot (or its place on its host's
 waiting list, ``worker.hosts``), the engine's attempt, the file moved into
-the archive. Sets ``job.outcome`` (or ``job.deferred``) and never raises
-(except the worker's own time limits)."""
+the archive (a temp file staged in ``archive_dir``, or in S3 mode the body
+streamed into an upload, completed under a new key). Sets ``job.outcome``
+(or ``job.deferred``) and never raises (except the worker's own time
+limits). Either way the new copy is staged, then kept or discarded once its
+row's fate is known (``settle_files``)."""
 
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ from ckanext.archiver.engine.hashing import hash_file
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.politeness import HostLimiter, HostNotAnswering
 from ckanext.archiver.engine.session import get_session
-from ckanext.archiver.engine.storage import Storage
+from ckanext.archiver.engine.sink import StoreError
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.engine.urlnorm import url_host
 from ckanext.archiver.model.checks import Job, previous_of
 from ckanext.archiver.worker import hosts
-from ckanext.archiver.worker.services import fetch_settings
+from ckanext.archiver.worker.inflight import Claims
+from ckanext.archiver.worker.services import AnyStore, fetch_settings, local_key, local_path
 
 __all__ = ["Run", "run_one", "politeness_host", "discard_file", "settle_files"]
 
@@ -40,10 +45,11 @@ class Run:
     """What every resource of a batch shares."""
 
     options: config.Options
-    store: Storage
+    store: AnyStore
     limiter: Optional[HostLimiter]
     force: bool = False
     deferral: Optional[hosts.Deferral] = None  # no waiting for a slot: its host's list
+    claims: Optional[Claims] = None  # the batch's claims (worker.inflight)
 
 
 def politeness_host(url: Optional[str]) -> Optional[str]:
@@ -105,7 +111,7 @@ def _take_slot(job: Job, host: str, run: Run) -> Optional[str]:
 def run_one(job: Job, run: Run) -> None:
     """Check one resource; sets job.outcome, or job.deferred when it waits
     for its host (never raises)."""
-    tmp_path = None
+    tmp_path = upload = None
     grant, job.grant = job.grant, None  # given back once, here
     deferral = run.deferral
     try:
@@ -136,6 +142,9 @@ def run_one(job: Job, run: Run) -> None:
         if deferral is not None and host and not fresh and grant is None:
             grant = hosts.take_slot(job, host, deferral)
             if grant is None:
+                if job.deferred and run.claims is not None:
+                    # whoever is granted its host's slot claims it then
+                    run.claims.release([job.resource_id])
                 return
         token = None
         if grant is None and run.limiter is not None and host and not fresh:
@@ -143,9 +152,10 @@ def run_one(job: Job, run: Run) -> None:
             if token is None:
                 return
         outcome = None
+        sink = run.store.sink(job.resource_id) if isinstance(run.store, S3Store) else None
         try:
             outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(run.store, job),
-                            force=run.force, session=get_session(settings))
+                            force=run.force, session=get_session(settings), sink=sink)
         finally:
             if grant is not None:
                 hosts.give_back(grant, outcome)
@@ -156,17 +166,24 @@ def run_one(job: Job, run: Run) -> None:
                 except redis.exceptions.RedisError:  # the lease expires by itself
                     log.warning("Could not release the slot of host %s", host)
         job.outcome = outcome
-        tmp_path = outcome.tmp_path
-        if tmp_path:
+        tmp_path, upload = outcome.tmp_path, outcome.staged
+        outcome.staged = None
+        if tmp_path or upload is not None:  # a new copy: staged until its row commits
             if not run.store.has_room(outcome.size or 0, on_disk=True):
                 outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
                 outcome.reason = "Chose not to download: archive full"
                 return
             filename = outcome.filename or "resource"
-            job.staged = run.store.stage(job.resource_id, tmp_path, filename)
+            job.staged = run.store.stage(job.resource_id, upload or tmp_path, filename)
             job.cache_filepath = job.staged.path
-            tmp_path = None
+            tmp_path = upload = None
             job.cache_url = _cache_url(job, os.path.basename(job.cache_filepath), run)
+    except StoreError as e:  # the object store refused or is unreachable
+        log.warning("Archiving resource %s: %s", job.resource_id, e)
+        job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "",
+                              reason=f"System error during archival: {e}")
+        discard_file(job, run.store)
+        job.cache_filepath = job.cache_url = None
     except Exception as e:  # a bug or the disk: record it, do not crash the batch
         if type(e).__name__ in PASS_THROUGH:  # the worker's time limits
             raise
@@ -178,13 +195,18 @@ def run_one(job: Job, run: Run) -> None:
         discard_file(job, run.store)
     finally:
         hosts.give_back(grant)  # a slot granted and not used
+        if upload is not None:
+            try:
+                upload.abort()
+            except StoreError as e:  # a lifecycle rule removes it (README)
+                log.warning("%s", e)
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
         with contextlib.suppress(OSError):
             os.rmdir(_tmp_dir(run.store, job, create=False))
 
 
-def _tmp_dir(store: Storage, job: Job, create: bool = True) -> str:
+def _tmp_dir(store: AnyStore, job: Job, create: bool = True) -> str:
     """A temp folder per resource: what a killed attempt left in it is
     removed when the resource is archived again."""
     path = os.path.join(store.tmp_dir(), hashlib.sha1(job.resource_id.encode()).hexdigest())
@@ -197,9 +219,11 @@ def _tmp_dir(store: Storage, job: Job, create: bool = True) -> str:
     return path
 
 
-def settle_files(jobs: list[Job], committed: list[Job], store: Storage) -> None:
+def settle_files(jobs: list[Job], committed: list[Job], store: AnyStore,
+                 options: Optional[config.Options] = None) -> None:
     """Keep the new files of committed rows (removing what they replace),
-    remove those of rows not committed."""
+    remove those of rows not committed. Local file or object of the store:
+    the same rule."""
     done = {id(job) for job in committed}
     for job in jobs:
         if job.staged is None:
@@ -207,21 +231,32 @@ def settle_files(jobs: list[Job], committed: list[Job], store: Storage) -> None:
         if id(job) in done:
             try:
                 store.keep(job.staged)
-            except (OSError, ValueError):  # an orphan: clean-cached removes it
-                log.exception("Could not remove the replaced files of resource %s",
-                              job.resource_id)
+                if isinstance(store, S3Store):
+                    _drop_migrated(job, options)
+            except (OSError, ValueError, StoreError) as e:  # clean-cached removes it
+                log.warning("Could not remove the replaced files of resource %s: %s",
+                            job.resource_id, e)
             job.staged = None
         else:
             discard_file(job, store)
 
 
-def discard_file(job: Job, store: Storage) -> None:
+def discard_file(job: Job, store: AnyStore) -> None:
     """The new file of ``job`` goes; the row keeps naming the previous one."""
     if job.staged is None:
         return
     try:
         store.discard(job.staged)
-    except (OSError, ValueError):
-        log.exception("Could not remove the new file of resource %s", job.resource_id)
+    except (OSError, ValueError, StoreError) as e:  # S3: clean-cached removes it
+        log.warning("Could not remove the new file of resource %s: %s", job.resource_id, e)
     job.staged = None
     job.cache_filepath = job.cache_url = None
+
+
+def _drop_migrated(job: Job, options: Optional[config.Options]) -> None:
+    """In S3 mode, a committed row that named a file of archive_dir (not
+    migrated yet) now names an object: the local file goes."""
+    old = local_path((job.previous or {}).get("cache_filepath"))
+    if old and local_key(old, options):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(old)

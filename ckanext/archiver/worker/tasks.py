@@ -31,7 +31,7 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.zipper import DatasetZip
 from ckanext.archiver.model import checks, utcnow
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import app, dispatch, hosts, zips
+from ckanext.archiver.worker import app, dispatch, hosts, inflight, zips
 from ckanext.archiver.worker.batch import BatchResult, archive_batch, record_errors
 from ckanext.archiver.worker.retry import MAX_DELIVERIES, backoff, late_check_delay
 
@@ -66,14 +66,16 @@ def _record_system_error(resource_ids: list[str], reason: str) -> None:
 @shared_task(bind=True, name=app.ARCHIVE_TASK)
 def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                       queued_at: Optional[str] = None, force: bool = False,
-                      attempt: int = 0, handed_off_at: Optional[str] = None) -> dict[str, int]:
+                      attempt: int = 0, handed_off_at: Optional[str] = None,
+                      busy: int = 0) -> dict[str, int]:
     """Archive a batch of resources (one, for the priority queue); ``queue``
     is the archiver's queue (``priority`` or ``bulk``).
 
     Downloads still running when the batch is mostly done are handed off
     (``pool.run_batch``) and recorded when they end; a check of them is
     queued for when they must have ended (``handed_off_at``), which does
-    nothing unless this worker died first."""
+    nothing unless this worker died first. ``busy``: how many times the
+    resource was found being archived elsewhere (see ``_send_busy``)."""
     options = config.current()
     try:
         if _too_many_deliveries(f"{self.request.id}:{self.request.retries}"):
@@ -90,6 +92,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                                on_late=retry_late, handed_off_at=handed_off_at,
                                defer=True)
         _queue_retries(result.retry, queue, force, attempt)
+        _send_busy(result.busy, queue, queued_at, force, attempt, handed_off_at, busy)
         if result.late:
             archive_resources.apply_async(
                 args=[[job.resource_id for job in result.late]],
@@ -100,6 +103,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
         counts["retrying"] = len(result.retry)
         counts["handed off"] = len(result.late)
         counts["waiting for their host"] = len(result.deferred)
+        counts["busy elsewhere"] = len(result.busy)
         return counts
     except sa.exc.OperationalError as e:  # database unavailable: retry later
         model.Session.rollback()
@@ -134,6 +138,24 @@ def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> No
             queue=options.queue_name(queue), countdown=countdown)
 
 
+def _send_busy(jobs: list[Job], queue: str, queued_at: Optional[str], force: bool,
+               attempt: int, handed_off_at: Optional[str], busy: int) -> None:
+    """Resources another worker is archiving at the same URL: each is sent
+    again a moment later (1 s, then 2, 4, ... up to the claims' TTL), so
+    that a check (an edit's) runs as soon as the other one has ended, and
+    never alongside it."""
+    if not jobs:
+        return
+    options = config.current()
+    countdown = min(2 ** busy, inflight.TTL)
+    for job in jobs:
+        archive_resources.apply_async(
+            args=[[job.resource_id]],
+            kwargs={"queue": queue, "queued_at": queued_at, "force": force,
+                    "attempt": attempt, "handed_off_at": handed_off_at, "busy": busy + 1},
+            queue=options.queue_name(queue), countdown=countdown)
+
+
 def _run_granted(grant: Grant) -> None:
     """A check that waited for its host got the host's slot: archive it now,
     in this process (its row is written by the process's recorder, then its
@@ -144,7 +166,9 @@ def _run_granted(grant: Grant) -> None:
         _queue_retries(result.retry, e["q"], e["f"], e["a"])
 
     try:
-        archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant, on_late=retry)
+        result = archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant,
+                               on_late=retry)
+        _send_busy(result.busy, e["q"], e["t"], e["f"], e["a"], None, 0)
     except Exception:
         log.exception("Archiving resource %s (its host's turn came) failed", e["r"])
         hosts.give_back(grant)

@@ -38,6 +38,7 @@ from ckanext.archiver import config, interfaces, keys, mail, urls
 from ckanext.archiver import status as st
 from ckanext.archiver.engine.files import inside
 from ckanext.archiver.engine.storage import Storage, sanitise_filename
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.engine.zipper import (
     MANIFEST_NAME,
     PACKAGES_DIRNAME,
@@ -52,7 +53,8 @@ from ckanext.archiver.engine.zipper import (
 )
 from ckanext.archiver.model import Archival, active_dataset, iso
 from ckanext.archiver.worker import app
-from ckanext.archiver.worker.services import storage
+from ckanext.archiver.worker.services import local_storage, store_key
+from ckanext.archiver.worker.services import storage as archive_store
 
 __all__ = [
     "Plan", "NothingToPackage", "built_zip", "BuildResult", "build", "plan", "clean", "queue_build",
@@ -151,7 +153,7 @@ def _arcname(filename: str, resource_id: str, taken: set[str]) -> str:
 def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
     """The members, manifest and fingerprint of ``package``'s zip, as the
     database says now (no file is read, a stat per member)."""
-    store = store or storage()
+    store = store or local_storage()
     resources = model.Session.query(model.Resource).filter(
         model.Resource.package_id == package.id,
         model.Resource.state == "active").order_by(model.Resource.position).all()
@@ -162,7 +164,8 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
     taken: set[str] = {MANIFEST_NAME}
     for res in resources:
         a = archivals.get(res.id)
-        source = _source_path(res, a, store)
+        key = store_key(a.cache_filepath) if a is not None else None
+        source = key or _source_path(res, a, store)
         url = res.url or ""
         if res.url_type == "upload" and url and "/" not in url:
             url = urls.dataset_url(package.type, package.id, res.id, qualified=True,
@@ -191,7 +194,18 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
             del entry["path"], entry["url"]
             entry["archiver"]["note"] = _NOT_A_WEB_URL
         member_key: Any = None
-        if source is not None:
+        if key is not None:  # in the object store: streamed from it while zipping
+            member = Member(res.id, key, _arcname(key.rsplit("/", 1)[-1], res.id, taken),
+                            int(a.size or 0), a.sha256, opener=_object_opener(key),
+                            mtime=a.updated.replace(tzinfo=datetime.timezone.utc).timestamp()
+                            if a.updated else None)
+            members.append(member)
+            entry.update(path=member.arcname, bytes=member.size, mediatype=a.mimetype or None)
+            if a.sha256:
+                entry["hash"] = "sha256:" + a.sha256
+            entry["archiver"].update(archived_at=iso(a.updated), sha256=a.sha256)
+            member_key = [member.arcname, member.size, a.sha256 or [a.hash, key]]
+        elif source is not None:
             size = os.path.getsize(source)
             # an upload is kept under its id by CKAN: name it as uploaded
             name = (urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
@@ -222,9 +236,19 @@ def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
     return Plan(package.id, package.name, members, entries, head, digest)
 
 
+def _object_opener(key: str) -> Callable[[], Any]:
+    def opener() -> Any:
+        store = archive_store()
+        if not isinstance(store, S3Store):
+            raise FileNotFoundError(f"{key} is in the object store, which is not configured")
+        return store.open(key)
+
+    return opener
+
+
 def built_zip(package_id: str, store: Optional[Storage] = None) -> Optional[DatasetZip]:
     """The zip built for the dataset, if any (whether up to date or not)."""
-    return current(package_id, store or storage())
+    return current(package_id, store or local_storage())
 
 
 def _get_package(package_id: str) -> model.Package:
@@ -248,7 +272,7 @@ def build(package_id: str, force: bool = False,
     :raises NothingToPackage: the dataset has no archived file
     :raises OSError: ``ENOSPC`` when the archive quota or the disk is full
     """
-    store = store or storage()
+    store = store or local_storage()
     package = _get_package(package_id)
     folder = package_dir(store, package.id)
     with locked(folder):
@@ -294,7 +318,7 @@ def clean(store: Optional[Storage] = None) -> tuple[int, int]:
 
     :returns: ``(packages removed, bytes freed)``
     """
-    store = store or storage()
+    store = store or local_storage()
     root = os.path.join(store.archive_dir, PACKAGES_DIRNAME)
     try:
         folders = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]

@@ -111,8 +111,9 @@ def test_worker_main_process_killed_mid_download(worker_factory, raw_server, arc
     the hard time limit, the message's ``unacked_index`` score past the
     visibility timeout), a new worker recovers it at start -- both ways at
     once: ``requeue_lost`` queues it again and kombu gives the old message
-    back. It is downloaded once more, exactly once (the second delivery is
-    skipped as already checked), the partial file is gone, one history row.
+    back (the resource's claim expired too). It is downloaded once more,
+    exactly once (the second delivery is skipped as already checked), the
+    partial file is gone, one history row.
     """
     calls: list = []
     body = b"z" * 100
@@ -146,6 +147,11 @@ def test_worker_main_process_killed_mid_download(worker_factory, raw_server, arc
     model.Session.commit()
     for tag in r.zrange("unacked_index", 0, -1):
         r.zadd("unacked_index", {tag: time.time() - visibility - 60})
+    # ...and the dead worker's claim on the resource (inflight.py), which
+    # expires 30 s after its last heartbeat
+    claims = list(r.scan_iter(match="archiver:*:running:*"))
+    assert claims, "the killed worker's claim is still there"
+    r.delete(*claims)
     second = worker_factory("--pool=prefork", "--concurrency=1", name="second", **FAST)
     second.wait_ready()
     row = wait_for(lambda: _checked(res["id"]), timeout=30)
