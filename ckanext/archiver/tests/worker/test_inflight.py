@@ -48,3 +48,19 @@ def test_claims_expire_without_heartbeat_and_live_with_it():
     assert probe.claim(["r-alive", "r-dead"]) == (["r-dead"], ["r-alive"])
     alive.release(["r-alive"])
     probe.release(["r-dead"])
+
+
+def test_a_new_url_takes_the_claim_over_and_the_old_holder_keeps_its_hands_off():
+    """An edit's check (the resource's new URL) is not held up by a worker
+    still downloading the old URL; the same URL stays claimed once."""
+    old, new = inflight.Claims(config.current(), ttl=5), inflight.Claims(config.current(), ttl=5)
+    again = inflight.Claims(config.current(), ttl=5)
+    assert old.claim(["r-edit"], ["http://a.example/old.csv"]) == (["r-edit"], [])
+    assert again.claim(["r-edit"], ["http://a.example/old.csv"]) == ([], ["r-edit"])
+    assert new.claim(["r-edit"], ["http://a.example/new.csv"]) == (["r-edit"], [])
+    assert again.claim(["r-edit"], ["http://a.example/new.csv"]) == ([], ["r-edit"])
+    old.release(["r-edit"])  # the old holder's release leaves the new claim alone
+    assert again.claim(["r-edit"], ["http://a.example/new.csv"]) == ([], ["r-edit"])
+    new.release(["r-edit"])
+    assert again.claim(["r-edit"], ["http://a.example/new.csv"]) == (["r-edit"], [])
+    again.release(["r-edit"])
