@@ -23,6 +23,15 @@ setup(
             "archiver_nosearch = ckanext.archiver.nosearch:NoSearchPlugin",
         ],
     },
+    # babel extraction (python setup.py extract_messages, see setup.cfg)
+    message_extractors={
+        "ckanext": [
+            ("**/tests/**", "ignore", None),
+            ("**.py", "python", None),
+            ("**/templates/**.html", "ckan", None),
+            ("**/templates/**.txt", "ckan", None),
+        ],
+    },
     classifiers=[
         "Framework :: CKAN",
         "License :: OSI Approved :: GNU Affero General Public License v3 or later (AGPLv3+)",

@@ -574,9 +574,9 @@ def demo(args: argparse.Namespace, procs: Processes) -> Optional[Proc]:
     made = json.loads(run([sys.executable, str(DEMO_DIR / "site.py"), str(DEMO_INI),
                            sample_url], "creating the demo datasets"))
     removed = made["removed"]
-    if removed["datasets"] or removed["organizations"]:
-        say("    removed the earlier run's {datasets} datasets, {resources} resources and "
-            "{organizations} organizations".format(**removed))
+    if removed["datasets"]:
+        say("    removed the earlier run's {datasets} datasets and {resources} resources "
+            "(its organizations are used again)".format(**removed))
     admin = made["admin"]
     orgs = {o["name"]: o["title"] for o in made["organizations"]}
     resource_count = sum(len(d["resources"]) for d in made["datasets"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -14,7 +15,9 @@ import redis
 import sqlalchemy as sa
 from ckan import model
 
-from ckanext.archiver import celery_app, queue, stats, tasks
+from ckanext.archiver import celery_app, clitools, queue, stats, tasks
+from ckanext.archiver import status as st
+from ckanext.archiver.clitools import human_bytes, human_time, plural
 from ckanext.archiver.model import Archival, ArchivalHistory, selection
 
 __all__ = ["archiver"]
@@ -47,17 +50,25 @@ def archiver():
     """Check links and keep copies of resources (ckanext-archiver)."""
 
 
+_BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
 @archiver.command()
 @click.argument("ids", nargs=-1)
 @click.option("--queue", "queue_name", type=click.Choice(queue.QUEUES), default="bulk",
               show_default=True, help="Queue to put the resources on.")
-@click.option("--stale", type=float, metavar="DAYS",
+@click.option("--stale", type=click.FloatRange(min=0), metavar="DAYS",
               help="Only resources not checked for DAYS days (for cron).")
 @click.option("--broken", is_flag=True, help="Only resources broken now.")
 @click.option("--now", is_flag=True, help="Archive here, without Celery, with a progress bar.")
 @click.option("--force", is_flag=True, help="Download even when still fresh.")
+@click.option("--wait", is_flag=True,
+              help="Follow the run until every resource is checked (Ctrl-C stops "
+                   "following, not the run).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between progress updates with --wait.")
 def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken: bool,
-           now: bool, force: bool):
+           now: bool, force: bool, wait: bool, interval: float):
     """Archive resources. IDS are datasets, resources, organizations or
     groups (names or ids); none means every active dataset, private ones
     included."""
@@ -72,17 +83,55 @@ def update(ids: tuple[str, ...], queue_name: str, stale: Optional[float], broken
         rest = list(items)
         _update_now(first + rest, force)
         return
-    total = 0
+    total = selected = 0
+    followed: list[str] = []
     try:
         chunk = first
         while chunk:
+            selected += len(chunk)
             total += queue.enqueue(chunk, queue_name, force=force)
+            if wait:
+                followed += [rid for rid, _pid in chunk]
             chunk = list(itertools.islice(items, CHUNK))
-        if stale is not None:
-            total += queue.requeue_lost()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        lost = queue.requeue_lost() if stale is not None else 0
+    except _BROKER_ERRORS as e:
         _broker_error(e)
-    click.echo(f"Queued {total} resources on {queue_name}")
+        return
+    line = f"Queued {plural(total, 'resource')} on {queue_name}"
+    if selected - total:
+        line += f"; {plural(selected - total, 'resource')} already waiting"
+        line += " (not queued again)" if not force else ""
+    if lost:
+        line += f"; {plural(lost, 'lost resource')} queued again"
+    click.echo(line)
+    if wait and followed:
+        _follow(followed, interval)
+
+
+def _follow(resource_ids: list[str], interval: float) -> None:
+    """Show the run's progress until every resource is checked: a bar on a
+    terminal, a plain line every interval otherwise (logs, cron)."""
+    follower = clitools.Follower(resource_ids, interval=interval)
+    last = None
+    try:
+        if sys.stdout.isatty():
+            with click.progressbar(length=len(follower.ids), label="Checking",
+                                   show_eta=True, show_pos=True,
+                                   item_show_func=lambda p: p.line() if p else None) as bar:
+                for progress in follower:
+                    bar.update(progress.done - bar.pos, progress)
+                    last = progress
+        else:
+            for progress in follower:
+                click.echo(progress.line())
+                last = progress
+    except KeyboardInterrupt:
+        click.echo("Stopped following; the run goes on (see `ckan archiver status`)")
+        sys.exit(130)
+    if last is not None:
+        click.echo("Done: {} checked, {} broken, in {}".format(
+            plural(last.done, "resource"), last.broken,
+            clitools.human_duration(last.elapsed)))
 
 
 def _update_now(items: list[tuple[str, str]], force: bool) -> None:
@@ -143,54 +192,94 @@ def worker(ctx: click.Context, which: str, celery_args: tuple[str, ...]):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--no-workers", is_flag=True, help="Do not ask the workers (faster).")
 def status(as_json: bool, no_workers: bool):
-    """Queue lengths, workers, counts by status, oldest check."""
+    """Resources waiting per queue, workers, a summary by verdict, counts by
+    status, the archive's disk use, oldest check."""
     numbers = stats.numbers(with_workers=not no_workers)
+    try:
+        numbers["waiting_resources"] = (
+            clitools.waiting_resources() if numbers["queues"] is not None else None)
+    except redis.exceptions.RedisError:
+        numbers["waiting_resources"] = None
+    numbers["verdicts"] = _verdicts(numbers["status_counts"])
+    numbers["archive"] = clitools.archive_use()
     if as_json:
         click.echo(json.dumps(numbers, indent=2))
         return
-    queues = numbers["queues"]
-    if queues is None:
+    waiting = numbers["waiting_resources"]
+    if waiting is None:
         click.echo("Queues: broker unreachable ({})".format(numbers["broker_error"]))
     else:
-        click.echo("Queues: " + ", ".join(f"{k} {v}" for k, v in queues.items()))
+        click.echo("Waiting: " + ", ".join(
+            f"{plural(v, 'resource')} on {k}" for k, v in waiting.items()))
     if "workers" in numbers:
-        click.echo("Workers: {} ({} tasks in flight)".format(
-            ", ".join(numbers["workers"]) or "none seen", numbers["tasks_in_flight"]))
+        click.echo("Workers: {} ({} in flight)".format(
+            ", ".join(numbers["workers"]) or "none seen",
+            plural(numbers["tasks_in_flight"], "task")))
+    verdicts = numbers["verdicts"]
+    click.echo("Links: {} ok, {} broken, {} not sure, {} never checked".format(
+        verdicts["ok"], verdicts["broken"], verdicts["not sure"],
+        numbers["resources"]["never_checked"]))
     for row in numbers["status_counts"]:
         click.echo("  {:>8}  {}".format(row["count"], row["status"]))
-    if numbers["resources"]["never_checked"]:
-        click.echo("  {:>8}  {}".format(numbers["resources"]["never_checked"],
-                                       "never checked"))
-    click.echo("Oldest check: {}".format(numbers["oldest_check"] or "-"))
+    archive = numbers["archive"]
+    free = human_bytes(archive["free"]) + " free" if archive["free"] is not None else \
+        "free space unknown"
+    click.echo("Archive: {}, {} ({}, {})".format(
+        plural(archive["files"], "cached file"), human_bytes(archive["bytes"]),
+        archive["path"], free))
+    oldest = numbers["oldest_check"]
+    click.echo("Oldest check: {}".format(
+        human_time(datetime.datetime.fromisoformat(oldest)) if oldest else "-"))
     click.echo("Checks in the last hour: {}".format(numbers["last_hour"]["done"]))
 
 
+def _verdicts(status_counts: list[dict]) -> dict[str, int]:
+    out = {"ok": 0, "broken": 0, "not sure": 0}
+    for row in status_counts:
+        broken = st.is_broken(row.get("status_id"))
+        out["not sure" if broken is None else "broken" if broken else "ok"] += row["count"]
+    return out
+
+
 @archiver.command()
-@click.argument("dataset", required=False)
-def view(dataset: Optional[str]):
-    """Archival information of a dataset (or a summary of all)."""
-    if not dataset:
-        total = model.Session.query(Archival).count()
+@click.argument("ident", metavar="[DATASET_OR_RESOURCE]", required=False)
+def view(ident: Optional[str]):
+    """Archival information of a dataset or a resource (or a summary of
+    all)."""
+    if not ident:
+        total = model.Session.query(Archival).filter(Archival.status_id.isnot(None)).count()
         broken = model.Session.query(Archival).filter(Archival.is_broken.is_(True)).count()
-        click.echo(f"{total} resources have archival rows, {broken} broken links")
+        click.echo("{} checked, {}".format(plural(total, "resource"),
+                                          plural(broken, "broken link")))
         return
-    pkg = model.Package.get(dataset)
+    resource = model.Resource.get(ident)
+    pkg = model.Package.get(resource.package_id) if resource is not None else \
+        model.Package.get(ident)
     if pkg is None:
-        _fail(f"No dataset {dataset}")
+        _fail(f"Not a dataset or resource: {ident}")
         return
     rows = {a.resource_id: a for a in Archival.get_for_package(pkg.id)}
-    click.echo(f"{pkg.name}: {pkg.title}")
-    for res in pkg.resources:
+    click.echo(f"{pkg.name}: {pkg.title}" + (" (private)" if pkg.private else ""))
+    shown = [resource] if resource is not None else [
+        r for r in pkg.resources if r.state == "active"]
+    for res in shown:
         a = rows.get(res.id)
         click.echo(f"- {res.name or res.id} <{res.url}>")
+        click.echo(f"    id {res.id}")
         if a is None or a.status_id is None:
             click.echo("    not checked yet")
             continue
-        click.echo(f"    {a.status} ({a.is_broken_printable}): {a.reason}")
-        click.echo(f"    checked {a.updated}, failures {a.failure_count}, "
-                   f"last success {a.last_success}")
+        click.echo(f"    {a.status} ({a.is_broken_printable}): {a.reason or '-'}")
+        click.echo(f"    checked {human_time(a.updated)}")
+        if a.is_broken and a.first_failure:
+            click.echo(f"    failing since {human_time(a.first_failure)} "
+                       f"({plural(a.failure_count or 1, 'failed check')})")
+        click.echo(f"    last success {human_time(a.last_success)}")
+        if a.url_redirected_to:
+            click.echo(f"    redirected to {a.url_redirected_to}")
         if a.cache_filepath:
-            click.echo(f"    cached: {a.cache_filepath} ({a.size} bytes, {a.mimetype})")
+            click.echo(f"    cached: {a.cache_filepath} ({human_bytes(a.size)}, "
+                       f"{a.mimetype or 'type unknown'})")
 
 
 @archiver.command("clean-status")
@@ -209,17 +298,37 @@ def clean_status():
 
 @archiver.command("clean-cached")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-def clean_cached(dry_run: bool):
+@click.option("--larger-than", type=click.IntRange(min=1), metavar="BYTES",
+              help="Instead: remove the cached files larger than BYTES (for a new, "
+                   "lower max_content_length); their rows stay, without the copy.")
+def clean_cached(dry_run: bool, larger_than: Optional[int]):
     """Remove archived files of deleted resources, files no row names
     (orphans) and stale temp files."""
-    keep = {row[0] for row in model.Session.query(model.Resource.id).join(
-        model.Package, model.Package.id == model.Resource.package_id).filter(
-        model.Resource.state == "active", model.Package.state == "active")}
-    named = {rid: path for rid, path in model.Session.query(
-        Archival.resource_id, Archival.cache_filepath) if rid in keep}
-    files, freed = tasks.storage().clean(keep, dry_run=dry_run, files=named)
     verb = "Would remove" if dry_run else "Removed"
-    click.echo(f"{verb} {files} files, {freed} bytes")
+    try:
+        store = tasks.storage()
+        if larger_than:
+            rows = clitools.larger_than(larger_than)
+            freed = sum(a.size or 0 for a in rows)
+            if not dry_run:
+                for a in rows:
+                    store.remove(a.resource_id)
+                    a.cache_filepath = a.cache_url = None
+                model.Session.commit()
+            click.echo(f"{verb} {plural(len(rows), 'file')} larger than "
+                       f"{human_bytes(larger_than)}, {human_bytes(freed)}")
+            return
+        keep = {row[0] for row in model.Session.query(model.Resource.id).join(
+            model.Package, model.Package.id == model.Resource.package_id).filter(
+            model.Resource.state == "active", model.Package.state == "active")}
+        named = {rid: path for rid, path in model.Session.query(
+            Archival.resource_id, Archival.cache_filepath) if rid in keep}
+        files, freed = store.clean(keep, dry_run=dry_run, files=named)
+    except OSError as e:
+        _fail("archive_dir {} is not usable: {}".format(
+            tk.config.get("ckanext.archiver.archive_dir"), e.strerror or e))
+        return
+    click.echo(f"{verb} {plural(files, 'file')}, {plural(freed, 'byte')}")
     if not dry_run and files:
         a = Archival.__table__
         model.Session.execute(sa.update(a).where(a.c.resource_id.notin_(keep)).values(
@@ -227,15 +336,78 @@ def clean_cached(dry_run: bool):
         model.Session.commit()
 
 
+@archiver.command("size-report")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many of the largest files to list.")
+def size_report(limit: int):
+    """The archive's size: totals by file type and the largest files."""
+    report = clitools.size_report(limit)
+    click.echo("Archive: {}, {} in {}".format(
+        plural(report["files"], "cached file"), human_bytes(report["bytes"]),
+        report["path"]))
+    if report["free"] is not None:
+        click.echo(f"Free space: {human_bytes(report['free'])}")
+    if report["by_type"]:
+        click.echo("By type:")
+        for mimetype, count, size in report["by_type"]:
+            click.echo(f"  {human_bytes(size):>10}  {plural(count, 'file'):>12}  {mimetype}")
+    if report["largest"]:
+        click.echo("Largest files:")
+        for rid, size, _mimetype, name, url in report["largest"]:
+            click.echo(f"  {human_bytes(size):>10}  {name}  {rid}  {url}")
+
+
+@archiver.command()
+@click.option("--delete", is_flag=True,
+              help="Delete what is listed (run without it first: it is a dry run).")
+def orphans(delete: bool):
+    """Archival rows of resources that are gone and files no row points to
+    (a dry run unless --delete)."""
+    try:
+        found = clitools.orphans()
+    except OSError as e:
+        _fail(f"archive_dir is not usable: {e.strerror or e}")
+        return
+    for rid, pid, path in found["rows"]:
+        click.echo(f"row   {rid} (dataset {pid}){' file ' + path if path else ''}")
+    for path in found["files"]:
+        click.echo(f"file  {path}")
+    rows, files = len(found["rows"]), len(found["files"])
+    if not delete:
+        click.echo(f"{plural(rows, 'orphan row')} and {plural(files, 'orphan file')}; "
+                   "run again with --delete to remove them")
+        return
+    store = tasks.storage()
+    for rid, _pid, _path in found["rows"]:
+        store.remove(rid)
+    a = Archival.__table__
+    ids = [rid for rid, _pid, _path in found["rows"]]
+    for start in range(0, len(ids), 10000):
+        model.Session.execute(sa.delete(a).where(a.c.resource_id.in_(ids[start:start + 10000])))
+    model.Session.commit()
+    removed = 0
+    for path in found["files"]:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            tk.error_shout(f"Could not remove {path}: {e.strerror}")
+    click.echo(f"Deleted {plural(rows, 'orphan row')} and {plural(removed, 'orphan file')}")
+
+
 @archiver.command("purge-queues")
 def purge_queues():
     """Empty the priority and bulk queues."""
     try:
-        removed = queue.purge()
+        removed = clitools.waiting_resources()  # resources, not Celery messages
+        queue.purge()
     except redis.exceptions.RedisError as e:
         _broker_error(e)
         return
-    click.echo("Purged " + ", ".join(f"{v} from {k}" for k, v in removed.items()))
+    click.echo("Purged " + ", ".join(
+        f"{plural(v, 'resource')} from {k}" for k, v in removed.items()))
 
 
 @archiver.command()
@@ -308,6 +480,17 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
     ORGANIZATIONS (names or ids) limit the run; none means all."""
     from ckanext.archiver import notify
 
+    if organizations:
+        known = {g.id for g in notify._organizations(organizations)} | {
+            g.name for g in notify._organizations(organizations)}
+        unknown = [o for o in organizations if o not in known]
+        if unknown:
+            _fail("Not an organization: {}".format(", ".join(unknown)))
+            return
+    if not dry_run and not tk.config.get("smtp.mail_from"):
+        _fail("smtp.mail_from is not set in the CKAN config: no digest can be "
+              "sent (use --dry-run to see what would be sent)")
+        return
     try:
         results = notify.run(organizations, dry_run=dry_run)
     except notify.AlreadyRunning as e:
@@ -325,6 +508,6 @@ def notify_command(organizations: tuple[str, ...], dry_run: bool):
             parts.append("webhook " + ("delivered" if r.webhook else "FAILED"))
         click.echo(f"{r.organization}: " + ", ".join(parts))
     verb = "would be notified" if dry_run else "notified"
-    click.echo(f"{len(results)} organizations with changes {verb}")
+    click.echo(f"{plural(len(results), 'organization')} with changes {verb}")
     if any(r.webhook is False or r.mails_failed for r in results):
         sys.exit(1)

@@ -10,11 +10,18 @@ from typing import Any, Optional, Sequence
 import ckan.plugins.toolkit as tk
 from markupsafe import Markup, escape
 
+from ckanext.archiver import reasons
 from ckanext.archiver import status as st
 
 
 def archiver_is_broken_printable(is_broken: Optional[bool]) -> str:
-    return st.is_broken_printable(is_broken)
+    """Translated "Broken" / "Downloaded OK" / "Not sure if broken"."""
+    return tk._(st.is_broken_printable(is_broken))
+
+
+def archiver_reason(reason: Optional[str]) -> str:
+    """A stored reason in the reader's language (unknown text unchanged)."""
+    return reasons.translate(reason, tk._)
 
 
 def archiver_status_text(status_id: Optional[int]) -> str:
@@ -46,6 +53,15 @@ def _as_datetime(value: Any) -> Optional[datetime.datetime]:
         except ValueError:
             return None
     return None
+
+
+def archiver_datetime(value: Any) -> str:
+    """A stored (naive UTC) time for a page: date, hours and the time zone
+    (``ckan.display_timezone``), in the reader's language; '' for None."""
+    when = _as_datetime(value)
+    if when is None:
+        return ""
+    return tk.h.render_datetime(when, with_hours=True)
 
 
 def archiver_cached_copy(pkg: dict[str, Any], res: dict[str, Any],
@@ -112,6 +128,28 @@ def archiver_broken_resources(pkg: dict[str, Any]) -> int:
                if (res.get("archiver") or {}).get("is_broken"))
 
 
+def archiver_cached_resources(pkg: dict[str, Any]) -> int:
+    """How many of a dataset's resources have a cached copy (what its zip
+    at ``/dataset/<id>/archive.zip`` holds)."""
+    return sum(1 for res in pkg.get("resources") or []
+               if (res.get("archiver") or {}).get("cache_filepath"))
+
+
+def archiver_report_url_for_user() -> Optional[str]:
+    """For an editor or admin of organizations: the report to link from the
+    user menu (their organization's, or the index when they have several);
+    None for other users."""
+    user = tk.current_user
+    if not user or not user.is_authenticated:
+        return None
+    orgs = tk.h.organizations_available("create_dataset", include_dataset_count=False)
+    if not orgs:
+        return None
+    if len(orgs) == 1:
+        return tk.h.url_for("archiver.report_org", org=orgs[0]["name"])
+    return tk.h.url_for("archiver.report_index")
+
+
 def archiver_shorten_url(url: Optional[str], length: int = 60) -> str:
     """A long URL cut in the middle (``https://host/pa...ile.csv``)."""
     url = url or ""
@@ -172,10 +210,14 @@ def get_helpers() -> dict[str, Any]:
     return {
         "archiver_is_broken_printable": archiver_is_broken_printable,
         "archiver_status_text": archiver_status_text,
+        "archiver_reason": archiver_reason,
+        "archiver_datetime": archiver_datetime,
         "archiver_status_class": archiver_status_class,
         "archiver_status_label": archiver_status_label,
         "archiver_cached_copy": archiver_cached_copy,
         "archiver_broken_resources": archiver_broken_resources,
+        "archiver_cached_resources": archiver_cached_resources,
+        "archiver_report_url_for_user": archiver_report_url_for_user,
         "archiver_without_status": archiver_without_status,
         "archiver_dataset_url": archiver_dataset_url,
         "archiver_shorten_url": archiver_shorten_url,

@@ -11,10 +11,11 @@ import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan import model
 from ckan.common import CKANConfig
+from ckan.lib.plugins import DefaultTranslation
 from ckan.types import Context
 
+from ckanext.archiver import logfilter, packages, queue
 from ckanext.archiver import model as archiver_model
-from ckanext.archiver import packages, queue
 from ckanext.archiver.logic.visibility import show_cache_filepath
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 @tk.blanket.helpers
 @tk.blanket.blueprints
 @tk.blanket.cli
-class ArchiverPlugin(p.SingletonPlugin):
+class ArchiverPlugin(p.SingletonPlugin, DefaultTranslation):
     p.implements(p.IConfigurer)
+    p.implements(p.ITranslation)  # ckanext/archiver/i18n, domain ckanext-archiver
     p.implements(p.IPackageController, inherit=True)
     p.implements(p.IResourceController, inherit=True)
     p.implements(p.ISignal)
@@ -37,6 +39,9 @@ class ArchiverPlugin(p.SingletonPlugin):
     def update_config(self, config: CKANConfig):
         tk.add_template_directory(config, "templates")
         tk.add_resource("assets", "ckanext-archiver")
+        # CKAN checks Redis right after loading the plugins: one line, no
+        # traceback, when it is down (the commands then say what to do)
+        logfilter.install()
 
     # ISignal
 

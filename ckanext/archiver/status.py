@@ -20,16 +20,23 @@ CHOSE_NOT_TO_DOWNLOAD = 21
 DOWNLOAD_FAILURE = 22
 SYSTEM_ERROR = 23
 
+
+def N_(message: str) -> str:
+    """Mark a message for translation without translating it (babel
+    extracts ``N_``; pages translate the text when they show it)."""
+    return message
+
+
 STATUSES: dict[int, str] = {
-    ARCHIVED: "Archived successfully",
-    UNCHANGED: "Content has not changed",
-    CHECKED: "Link works, file not downloaded",
-    URL_INVALID: "URL invalid",
-    REQUEST_FAILED: "URL request failed",
-    DOWNLOAD_ERROR: "Download error",
-    CHOSE_NOT_TO_DOWNLOAD: "Chose not to download",
-    DOWNLOAD_FAILURE: "Download failure",
-    SYSTEM_ERROR: "System error during archival",
+    ARCHIVED: N_("Archived successfully"),
+    UNCHANGED: N_("Content has not changed"),
+    CHECKED: N_("Link works, file not downloaded"),
+    URL_INVALID: N_("URL invalid"),
+    REQUEST_FAILED: N_("URL request failed"),
+    DOWNLOAD_ERROR: N_("Download error"),
+    CHOSE_NOT_TO_DOWNLOAD: N_("Chose not to download"),
+    DOWNLOAD_FAILURE: N_("Download failure"),
+    SYSTEM_ERROR: N_("System error during archival"),
 }
 
 
@@ -51,8 +58,8 @@ def is_broken(status_id: Optional[int]) -> Optional[bool]:
 def is_broken_printable(broken: Optional[bool]) -> str:
     """Text shown for ``is_broken`` (same words as the older archiver)."""
     if broken is None:
-        return "Not sure if broken"
-    return "Broken" if broken else "Downloaded OK"
+        return N_("Not sure if broken")
+    return N_("Broken") if broken else N_("Downloaded OK")
 
 
 def by_text(status_text: str) -> int:

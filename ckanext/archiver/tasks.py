@@ -542,7 +542,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     _mark_started(todo)
-    if handed_off is None:  # a check of handed-off downloads holds no pending marks
+    # a check of handed-off downloads holds no pending marks, and without
+    # Redis (polite=False: `update --now` with the broker down) there are none
+    if handed_off is None and polite:
         archiver_queue.release(resource_ids)
     if not todo:
         return result

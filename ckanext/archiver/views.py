@@ -31,6 +31,7 @@ from flask import Blueprint, Response, request, send_file, stream_with_context
 from ckanext.archiver import status as st
 from ckanext.archiver.helpers import archiver_dataset_url
 from ckanext.archiver.model import Archival, report
+from ckanext.archiver.model.trend import since_first_check
 from ckanext.archiver.tasks import archive_dir
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,15 @@ _context = request_context
 
 
 def require_access(action: str, context: dict[str, Any], object_id: str,
-                   not_found: str, forbidden: str) -> None:
-    """``check_access`` for a view: 404 or 403 with the given messages."""
+                   not_found: str, forbidden: str, forbidden_status: int = 403) -> None:
+    """``check_access`` for a view: 404 or ``forbidden_status`` (403 unless
+    said) with the given messages."""
     try:
         tk.check_access(action, context, {"id": object_id})
     except tk.ObjectNotFound:
         tk.abort(404, not_found)
     except tk.NotAuthorized:
-        tk.abort(403, forbidden)
+        tk.abort(forbidden_status, forbidden)
 
 
 def _viewer() -> report.Viewer:
@@ -122,20 +124,54 @@ def _export_format() -> Optional[str]:
     return wanted or None
 
 
+# Sort keys of the index table (``-key``: descending). No key: worst first.
+INDEX_SORTS: dict[str, Callable[[report.OrgSummary], Any]] = {
+    "organization": lambda s: (s.title or s.name or "").lower(),
+    "datasets": lambda s: s.datasets,
+    "broken_datasets": lambda s: s.broken_datasets,
+    "broken_datasets_percent": lambda s: s.broken_datasets_percent,
+    "resources": lambda s: s.resources,
+    "broken_resources": lambda s: s.broken_resources,
+    "broken_resources_percent": lambda s: s.broken_resources_percent,
+}
+
+
+def _index_sort() -> Optional[str]:
+    sort = (request.args.get("sort") or "").strip()
+    if sort and sort.lstrip("-") not in INDEX_SORTS:
+        tk.abort(400, tk._("Unknown sort {value}: use {choices}").format(
+            value=sort[:40], choices=", ".join(INDEX_SORTS)))
+    return sort or None
+
+
+def _sorted_summaries(summaries: list[report.OrgSummary],
+                      sort: Optional[str]) -> list[report.OrgSummary]:
+    if not sort:
+        return summaries
+    key = INDEX_SORTS[sort.lstrip("-")]
+    # "No organization" stays last; ties keep the worst-first order
+    named = [s for s in summaries if s.org_id is not None]
+    named.sort(key=key, reverse=sort.startswith("-"))
+    return named + [s for s in summaries if s.org_id is None]
+
+
 def report_index():
-    """Broken links per organization, worst first, with site totals."""
+    """Broken links per organization, worst first (or ``?sort=``), with
+    site totals."""
     export = _export_format()
+    sort = _index_sort()
     viewer = _viewer()
     _no_shared_cache()
     if export:
         return _stream(export, "broken-links", _index_columns(),
-                       lambda: _index_records(viewer), meta={})
+                       lambda: _index_records(viewer, sort), meta={})
     summaries = report.organization_summaries(viewer)
     return tk.render("archiver/report_index.html", {
-        "summaries": summaries,
+        "summaries": _sorted_summaries(summaries, sort),
+        "sort": sort or "",
         "totals": report.totals(summaries),
-        "trend": report.broken_trend(viewer, days=_trend_days(),
-                                     window=_trend_window()),
+        "trend": since_first_check(report.broken_trend(
+            viewer, days=_trend_days(), window=_trend_window())),
         "trend_window": _trend_window(),
     })
 
@@ -146,8 +182,9 @@ def _index_columns() -> list[str]:
             "broken_resources_percent"]
 
 
-def _index_records(viewer: report.Viewer) -> Iterator[dict[str, Any]]:
-    for s in report.organization_summaries(viewer):
+def _index_records(viewer: report.Viewer,
+                   sort: Optional[str] = None) -> Iterator[dict[str, Any]]:
+    for s in _sorted_summaries(report.organization_summaries(viewer), sort):
         yield {
             "organization": s.name, "title": s.title,
             "datasets": s.datasets, "broken_datasets": s.broken_datasets,
@@ -169,53 +206,89 @@ def _organization_or_404(id: str) -> model.Group:
 
 
 def _filters() -> dict[str, Any]:
-    """The organization page's filters from the query string (anything
-    unknown falls back to the default)."""
+    """The organization page's filters from the query string; a value that
+    means nothing is refused with a 400 that says what is allowed (never a
+    silent fall-back to another list)."""
     status = (request.args.get("status") or report.SHOW_BROKEN).strip()
     show, status_id = report.SHOW_BROKEN, None
     if status in (report.SHOW_UNSURE, report.SHOW_WEB_PAGE):
         show = status
-    elif status.isdigit() and int(status) < 2 ** 31:
+    elif status.isdigit() and int(status) in st.STATUSES:
         status_id = int(status)
-    else:
-        status = report.SHOW_BROKEN
+    elif status != report.SHOW_BROKEN:
+        tk.abort(400, tk._("Unknown status filter {value}: use broken, unsure, "
+                           "webpage or a status id ({ids})").format(
+            value=status[:40], ids=", ".join(str(i) for i in st.STATUSES)))
     sort = request.args.get("sort") or report.DEFAULT_SORT
     if sort not in report.SORTS:
-        sort = report.DEFAULT_SORT
+        tk.abort(400, tk._("Unknown sort {value}: use {choices}").format(
+            value=sort[:40], choices=", ".join(report.SORTS)))
+    page = request.args.get("page") or "1"
+    if not page.isdigit():
+        tk.abort(400, tk._("The page must be a number"))
     return {"status": status, "show": show, "status_id": status_id,
             "res_format": (request.args.get("res_format") or "").strip(),
-            "sort": sort}
+            "sort": sort, "page": int(page),
+            "subs": request.args.get("include_sub_organizations") in ("1", "true", "on")}
+
+
+def _org_scope(group: model.Group, with_subs: bool) -> dict[str, model.Group]:
+    """The organization, and with ``with_subs`` its sub-organizations (all
+    levels, CKAN's group hierarchy), by id."""
+    scope = {group.id: group}
+    if with_subs:
+        for child in group.get_children_group_hierarchy(type="organization"):
+            org = model.Group.get(child[0])
+            if org is not None and org.state == "active":
+                scope[org.id] = org
+    return scope
+
+
+def _editable(org_ids: Iterable[str]) -> set[str]:
+    """The organizations whose datasets this reader may edit (and so have
+    re-checked from the report)."""
+    from ckan import authz
+
+    user = tk.current_user
+    if not user or not user.is_authenticated:
+        return set()
+    if user.sysadmin:
+        return set(org_ids)
+    return {org_id for org_id in org_ids if authz.has_user_permission_for_group_or_org(
+        org_id, user.name, "update_dataset")}
 
 
 def report_org(org: str):
-    """One organization's broken resources, paginated, sortable and
-    filterable; ``?format=csv|json`` streams all the rows."""
+    """One organization's broken resources (with
+    ``include_sub_organizations=1``, its sub-organizations' too), paginated,
+    sortable and filterable; ``?format=csv|json`` streams all the rows."""
     export = _export_format()
     group = _organization_or_404(org)
     viewer = _viewer()
     _no_shared_cache()
     f = _filters()
+    scope = _org_scope(group, f["subs"])
+    org_ids = sorted(scope)
+    names = {org_id: o.name for org_id, o in scope.items()}
     query = dict(show=f["show"], status_id=f["status_id"],
                  res_format=f["res_format"] or None)
     if export:
         return _stream(
             export, f"broken-links-{group.name}", _row_columns(),
-            lambda: (_row_record(row) for row in report.iter_resource_rows(
-                viewer, group.id, sort=f["sort"], **query)),
+            lambda: (_row_record(row, names) for row in report.iter_resource_rows(
+                viewer, org_ids, sort=f["sort"], **query)),
             meta={"organization": {"id": group.id, "name": group.name,
                                    "title": group.title},
                   "filters": {"status": f["status"],
                               "res_format": f["res_format"],
-                              "sort": f["sort"]}})
+                              "sort": f["sort"],
+                              "include_sub_organizations": f["subs"]}})
 
     page_size = max(tk.config.get("ckanext.archiver.report_page_size"), 1)
-    count = report.count_resource_rows(viewer, group.id, **query)
+    count = report.count_resource_rows(viewer, org_ids, **query)
     last_page = max((count - 1) // page_size + 1, 1)
-    try:
-        page_number = min(max(int(request.args.get("page", 1)), 1), last_page)
-    except ValueError:
-        page_number = 1
-    rows = report.resource_rows(viewer, group.id, sort=f["sort"],
+    page_number = min(max(f["page"], 1), last_page)
+    rows = report.resource_rows(viewer, org_ids, sort=f["sort"],
                                 limit=page_size,
                                 offset=(page_number - 1) * page_size, **query)
 
@@ -224,20 +297,25 @@ def report_org(org: str):
 
     page = Page(collection=rows, page=page_number, item_count=count,
                 items_per_page=page_size, presliced_list=True, url=pager_url)
-    facet_rows = report.facets(viewer, group.id)
+    facet_rows = report.facets(viewer, org_ids)
+    has_subs = len(scope) > 1 or bool(
+        not f["subs"] and group.get_children_group_hierarchy(type="organization"))
     return tk.render("archiver/report_org.html", {
         "organization": group,
         "rows": rows,
         "page": page,
         "count": count,
         "filters": f,
+        "has_sub_organizations": has_subs,
+        "organizations": scope,
+        "editable_orgs": _editable(org_ids),
         "status_options": _status_options(facet_rows),
         "format_options": _format_options(facet_rows, f),
         "sort_url": lambda sort: _report_url(group.name, sort=sort, page=None),
         "export_url": lambda fmt: _report_url(group.name, format=fmt,
                                               page=None),
-        "trend": report.broken_trend(viewer, group.id, days=_trend_days(),
-                                     window=_trend_window()),
+        "trend": since_first_check(report.broken_trend(
+            viewer, org_ids, days=_trend_days(), window=_trend_window())),
         "trend_window": _trend_window(),
     })
 
@@ -300,16 +378,19 @@ def _format_options(facet_rows: Iterable[Any],
 # -- exports -----------------------------------------------------------------
 
 def _row_columns() -> list[str]:
-    return ["dataset", "dataset_title", "dataset_url", "resource_id",
+    return ["organization", "dataset", "dataset_title", "private", "dataset_url",
+            "resource_id",
             "resource_name", "resource_url", "format", "url", "status_id",
             "status", "is_broken", "reason", "http_status", "first_failure",
             "last_success", "failure_count", "url_redirected_to",
             "is_web_page", "last_checked"]
 
 
-def _row_record(row: Any) -> dict[str, Any]:
+def _row_record(row: Any, org_names: dict[str, str]) -> dict[str, Any]:
     return {
+        "organization": org_names.get(row.owner_org),
         "dataset": row.package_name, "dataset_title": row.package_title,
+        "private": bool(row.private),
         "dataset_url": archiver_dataset_url(row.package_type, row.package_name,
                                             qualified=True),
         "resource_id": row.resource_id, "resource_name": row.resource_name,
@@ -328,7 +409,12 @@ def _row_record(row: Any) -> dict[str, Any]:
 
 
 def _iso(value: Optional[datetime.datetime]) -> Optional[str]:
-    return value.isoformat() if value else None
+    """ISO 8601 with the UTC offset (stored times are naive UTC)."""
+    if not value:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.isoformat()
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -377,10 +463,11 @@ def _stream(fmt: str, basename: str, columns: list[str],
         yield "\n]}\n"
 
     if fmt == "csv":
-        body, mimetype = csv_body(), "text/csv; charset=utf-8"
+        body, content_type = csv_body(), "text/csv; charset=utf-8"
     else:
-        body, mimetype = json_body(), "application/json"
-    response = Response(stream_with_context(body), mimetype=mimetype)
+        body, content_type = json_body(), "application/json"
+    # content_type, not mimetype: Flask would add a second charset
+    response = Response(stream_with_context(body), content_type=content_type)
     if fmt == "csv":
         response.headers["Content-Disposition"] = _content_disposition(
             f"{basename}.csv")
@@ -415,9 +502,10 @@ def _cached_file(archival: Archival, filename: str) -> Optional[str]:
 
 
 def cached_copy(id: str, resource_id: str, filename: str):
-    """The cached copy of a resource, with the dataset's read permission."""
+    """The cached copy of a resource, with the dataset's read permission
+    (404 for a reader who may not see it, as for the dataset page)."""
     require_access("resource_show", _context(), resource_id, tk._("Resource not found"),
-                   tk._("Not authorized to see this resource"))
+                   tk._("Resource not found"), forbidden_status=404)
     resource = model.Resource.get(resource_id)
     package = model.Package.get(id)
     if (resource is None or package is None or resource.state != "active"
@@ -456,6 +544,10 @@ def serve_archive_file(path: str, mimetype: str, etag: Any, download_name: str) 
             response.headers["X-Sendfile"] = path.encode("utf-8").decode("latin-1")
     else:
         response = send_file(path, mimetype=mimetype, conditional=True, etag=etag)
+        # werkzeug's conditional responses set Date, and the WSGI server
+        # (werkzeug, gunicorn, waitress) adds its own: keep the server's, as
+        # on every other CKAN page
+        response.headers.pop("Date", None)
     response.headers["Content-Disposition"] = _content_disposition(download_name)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
@@ -481,6 +573,19 @@ def require_csrf_token() -> None:
     except ValidationError:
         tk.abort(400, tk._("The form has expired or is not valid: reload the page "
                            "and try again"))
+
+
+def _report_came_from(value: Optional[str]) -> Optional[str]:
+    """A "Check now" from a report row goes back to that report page: only
+    a path of the report itself is accepted (never an open redirect)."""
+    if not value:
+        return None
+    base = tk.h.url_for("archiver.report_index")
+    if not value.startswith(base) or "//" in value or "\\" in value \
+            or any(ord(c) < 32 for c in value):
+        return None
+    rest = value[len(base):]
+    return value if rest == "" or rest[0] in "/?" else None
 
 
 def check_now(id: str):
@@ -523,6 +628,9 @@ def check_now(id: str):
                                        "checking"))
             else:
                 tk.h.flash_success(tk._("Queued for checking"))
+    back = _report_came_from(request.form.get("came_from"))
+    if back:
+        return tk.redirect_to(back)
     dataset_type = package.type or "dataset"
     if resource_id:
         return tk.redirect_to(f"{dataset_type}_resource.read", id=package.name,

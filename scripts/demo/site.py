@@ -3,15 +3,20 @@ virtualenv's Python in a process of its own (it loads CKAN)::
 
     .venv/bin/python scripts/demo/site.py CONFIG.ini SAMPLE_BASE_URL
 
-1. removes what an earlier demo run made: its datasets (purged), their
-   ``archival`` and history rows, their cached files and queue marks, and
-   its two organizations. Nothing else in the database is touched (other
-   tools, such as the report benchmark, may share ``ckan_archiver_dev``);
+1. removes what an earlier demo run made, and only that: the datasets it
+   created (their ids are in ``made.json`` beside the config; datasets of
+   runs before that file existed are known by name *and* the demo's own
+   description), their ``archival`` and history rows, cached files and
+   queue marks. Its organizations are kept and used again, with their
+   members and any dataset somebody else added to them. Nothing else in
+   the database is touched (other tools, such as the report benchmark, may
+   share ``ckan_archiver_dev``);
 2. makes (or resets) the sysadmin ``admin`` with a new random password and
    an API token named ``archiver-demo``;
-3. creates two organizations and their datasets, one of them private, whose
-   resources point at the sample server. Each ``package_create`` commits,
-   and the archiver's hooks put the new resources on the priority queue.
+3. creates (or re-uses) two organizations and creates their datasets, one
+   of them private, whose resources point at the sample server. Each
+   ``package_create`` commits, and the archiver's hooks put the new
+   resources on the priority queue.
 
 Prints one JSON document on stdout: the admin's password and token, and
 the organizations, datasets and resources made.
@@ -20,12 +25,19 @@ the organizations, datasets and resources made.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
-from typing import Any
+from typing import Any, Optional
 
 ADMIN = "admin"
 TOKEN_NAME = "archiver-demo"
+NOTES = "Sample dataset of the ckanext-archiver demo."
+MANIFEST = "made.json"
+
+
+class NameTaken(Exception):
+    """A dataset name of the demo belongs to a dataset the demo did not make."""
 
 ORGANIZATIONS = [
     {"name": "riverside-council", "title": "Riverside City Council",
@@ -67,7 +79,24 @@ def _load_ckan(ini: str) -> Any:
     return make_app(load_config(ini))._wsgi_app
 
 
-def _remove_earlier_run() -> dict[str, int]:
+def read_manifest(path: Optional[str]) -> dict[str, list[str]]:
+    if not path or not os.path.exists(path):
+        return {"datasets": [], "organizations": []}
+    with open(path) as f:
+        data = json.load(f)
+    return {"datasets": list(data.get("datasets") or []),
+            "organizations": list(data.get("organizations") or [])}
+
+
+def write_manifest(path: Optional[str], made: dict[str, Any]) -> None:
+    if not path:
+        return
+    with open(path, "w") as f:
+        json.dump({"datasets": [d["id"] for d in made["datasets"]],
+                   "organizations": [o["id"] for o in made["organizations"]]}, f, indent=2)
+
+
+def _remove_earlier_run(manifest: Optional[str] = None) -> dict[str, int]:
     import sqlalchemy as sa
     from ckan import model
     from ckan.plugins import toolkit as tk
@@ -75,17 +104,19 @@ def _remove_earlier_run() -> dict[str, int]:
     from ckanext.archiver import queue, tasks
     from ckanext.archiver.model import Archival, ArchivalHistory
 
-    org_names = [o["name"] for o in ORGANIZATIONS]
-    orgs = model.Session.query(model.Group).filter(model.Group.name.in_(org_names)).all()
-    packages = model.Session.query(model.Package).filter(sa.or_(
+    known = read_manifest(manifest)
+    by_id = model.Session.query(model.Package).filter(
+        model.Package.id.in_(known["datasets"] or [""])).all()
+    # runs from before made.json: the demo's names with the demo's own notes
+    legacy = model.Session.query(model.Package).filter(
         model.Package.name.in_([d[1] for d in DATASETS]),
-        model.Package.owner_org.in_([o.id for o in orgs] or [""]))).all()
-    package_ids = [p.id for p in packages]
+        model.Package.notes == NOTES).all()
+    packages = {p.id: p for p in by_id + legacy}
+    package_ids = sorted(packages)
     resource_ids = [rid for (rid,) in model.Session.query(model.Resource.id).filter(
         model.Resource.package_id.in_(package_ids or [""]))]
-    archived = model.Session.query(Archival.resource_id).filter(sa.or_(
-        Archival.package_id.in_(package_ids or [""]),
-        Archival.resource_id.in_(resource_ids or [""]))).all()
+    archived = model.Session.query(Archival.resource_id).filter(
+        Archival.package_id.in_(package_ids or [""])).all()
     resource_ids = sorted(set(resource_ids) | {rid for (rid,) in archived})
 
     store = tasks.storage()
@@ -105,10 +136,8 @@ def _remove_earlier_run() -> dict[str, int]:
     context = _context()
     for pkg_id in package_ids:
         tk.get_action("dataset_purge")(context(), {"id": pkg_id})
-    for org in orgs:
-        tk.get_action("organization_purge")(context(), {"id": org.id})
     return {"datasets": len(package_ids), "resources": len(resource_ids),
-            "organizations": len(orgs)}
+            "organizations": 0}
 
 
 def _context():
@@ -146,19 +175,34 @@ def _admin() -> dict[str, str]:
     return {"name": ADMIN, "password": password, "token": token}
 
 
-def _create(base_url: str) -> dict[str, Any]:
+def _create(base_url: str, demo_orgs: tuple[str, ...] = ()) -> dict[str, Any]:
+    from ckan import model
     from ckan.plugins import toolkit as tk
 
     context = _context()
     orgs = []
     for org in ORGANIZATIONS:
-        made = tk.get_action("organization_create")(context(ADMIN), dict(org))
+        existing = model.Group.get(org["name"])
+        if existing is not None and existing.state == "active":
+            made = {"id": existing.id, "name": existing.name, "title": existing.title}
+        else:
+            if existing is not None:  # a deleted organization holds the name
+                if existing.id not in demo_orgs:
+                    raise NameTaken(f"The organization name {org['name']} is taken by a "
+                                    "deleted organization the demo did not make: purge "
+                                    "it (ckan-admin trash), then run the demo again")
+                tk.get_action("organization_purge")(context(), {"id": existing.id})
+            made = tk.get_action("organization_create")(context(ADMIN), dict(org))
         orgs.append({"id": made["id"], "name": made["name"], "title": made["title"]})
+    for _org, name, _title, _private, _resources in DATASETS:
+        if model.Package.get(name) is not None:
+            raise NameTaken(f"The dataset name {name} is taken by a dataset the demo did "
+                            "not make: rename or delete it, then run the demo again")
     datasets = []
     for org, name, title, private, resources in DATASETS:
         pkg = tk.get_action("package_create")(context(ADMIN), {
             "name": name, "title": title, "owner_org": org, "private": private,
-            "notes": "Sample dataset of the ckanext-archiver demo.",
+            "notes": NOTES,
             "license_id": "cc-by",
             "resources": [{"name": r_name, "url": base_url.rstrip("/") + path,
                            "format": fmt} for r_name, path, fmt in resources],
@@ -178,10 +222,16 @@ def main(argv: list[str]) -> int:
         return 2
     ini, base_url = argv[1], argv[2]
     flask_app = _load_ckan(ini)
+    manifest = os.path.join(os.path.dirname(os.path.abspath(ini)), MANIFEST)
     with flask_app.test_request_context():
-        removed = _remove_earlier_run()
+        removed = _remove_earlier_run(manifest)
         admin = _admin()
-        made = _create(base_url)
+        try:
+            made = _create(base_url, tuple(read_manifest(manifest)["organizations"]))
+        except NameTaken as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        write_manifest(manifest, made)
     json.dump({"removed": removed, "admin": admin, **made}, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

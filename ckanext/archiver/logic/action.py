@@ -21,6 +21,16 @@ def _validated_id(context: Context, data_dict: DataDict) -> str:
     return data["id"]
 
 
+def _check_read(action: str, context: Context, data_dict: DataDict,
+                not_found: str) -> None:
+    """Who may not read it is told it does not exist (as the dataset page
+    does): a 403 would confirm that a private id exists."""
+    try:
+        tk.check_access(action, context, data_dict)
+    except tk.NotAuthorized:
+        raise tk.ObjectNotFound(not_found) from None
+
+
 @tk.side_effect_free
 def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, Any]:
     """Return the archival information of a resource: the result of its
@@ -34,7 +44,7 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, A
         size, mimetype, hashes, first_failure, last_success, ...)
     :rtype: dictionary
     """
-    tk.check_access("archiver_resource_show", context, data_dict)
+    _check_read("archiver_resource_show", context, data_dict, tk._("Resource not found"))
     resource_id = _validated_id(context, data_dict)
     archival = Archival.get_for_resource(resource_id)
     if archival is None:
@@ -56,7 +66,7 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
         ``resource_id``) per checked resource
     :rtype: dictionary
     """
-    tk.check_access("archiver_dataset_show", context, data_dict)
+    _check_read("archiver_dataset_show", context, data_dict, tk._("Dataset not found"))
     package = model.Package.get(_validated_id(context, data_dict))
     if package is None or package.state == "deleted":
         raise tk.ObjectNotFound(tk._("Dataset not found"))

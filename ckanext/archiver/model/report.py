@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import sqlalchemy as sa
 from ckan import model
@@ -184,12 +184,21 @@ def _show_clause(show: str, status_id: Optional[int]) -> str:
     return "a.is_broken"
 
 
-def _org_where(viewer: Viewer, org_id: Optional[str], show: str,
+OrgIds = Union[str, Sequence[str]]
+
+
+def _org_ids(org_id: OrgIds) -> list[str]:
+    """One organization's id, or several (an organization and its
+    sub-organizations, for the roll-up)."""
+    return [org_id] if isinstance(org_id, str) else list(org_id)
+
+
+def _org_where(viewer: Viewer, org_id: OrgIds, show: str,
                status_id: Optional[int], res_format: Optional[str],
                params: dict[str, Any]) -> str:
-    params["org_id"] = org_id
+    params["org_ids"] = _org_ids(org_id)
     conditions = [
-        "p.owner_org = :org_id", _CHECKED,
+        "p.owner_org = ANY(:org_ids)", _CHECKED,
         viewer.clause(params),
         _show_clause(show, status_id),
     ]
@@ -202,12 +211,13 @@ def _org_where(viewer: Viewer, org_id: Optional[str], show: str,
 
 
 _ROW_COLUMNS = """
-    a.resource_id, p.id AS package_id, p.name AS package_name,
+    a.resource_id, p.id AS package_id, p.name AS package_name, p.owner_org,
     p.title AS package_title, p.private, p.type AS package_type,
     r.name AS resource_name, r.format,
     coalesce(a.url, r.url) AS url, a.status_id, a.is_broken, a.reason,
     a.http_status, a.first_failure, a.last_success, a.failure_count,
-    a.url_redirected_to, a.is_web_page, a.updated
+    a.url_redirected_to, a.is_web_page, a.updated, a.cache_filepath,
+    a.cache_url, r.url_type
 """
 
 
@@ -217,7 +227,7 @@ def _rows_sql(where: str, sort: str) -> str:
             f"ORDER BY {order}, p.name, a.resource_id")
 
 
-def count_resource_rows(viewer: Viewer, org_id: str, show: str = SHOW_BROKEN,
+def count_resource_rows(viewer: Viewer, org_id: OrgIds, show: str = SHOW_BROKEN,
                         status_id: Optional[int] = None,
                         res_format: Optional[str] = None) -> int:
     params: dict[str, Any] = {}
@@ -226,7 +236,7 @@ def count_resource_rows(viewer: Viewer, org_id: str, show: str = SHOW_BROKEN,
         sa.text(f"SELECT count(*) {_BASE} WHERE {where}"), params).scalar_one()
 
 
-def resource_rows(viewer: Viewer, org_id: str, show: str = SHOW_BROKEN,
+def resource_rows(viewer: Viewer, org_id: OrgIds, show: str = SHOW_BROKEN,
                   status_id: Optional[int] = None,
                   res_format: Optional[str] = None,
                   sort: str = DEFAULT_SORT, limit: int = 50,
@@ -238,7 +248,7 @@ def resource_rows(viewer: Viewer, org_id: str, show: str = SHOW_BROKEN,
     return list(model.Session.execute(sa.text(sql), params))
 
 
-def iter_resource_rows(viewer: Viewer, org_id: str, show: str = SHOW_BROKEN,
+def iter_resource_rows(viewer: Viewer, org_id: OrgIds, show: str = SHOW_BROKEN,
                        status_id: Optional[int] = None,
                        res_format: Optional[str] = None,
                        sort: str = DEFAULT_SORT,
@@ -256,16 +266,16 @@ def iter_resource_rows(viewer: Viewer, org_id: str, show: str = SHOW_BROKEN,
         result.close()
 
 
-def facets(viewer: Viewer, org_id: str) -> list[sa.Row]:
+def facets(viewer: Viewer, org_id: OrgIds) -> list[sa.Row]:
     """Counts of the organization's checked resources by status, web page
     flag and format: what the page's filters offer."""
-    params: dict[str, Any] = {"org_id": org_id}
+    params: dict[str, Any] = {"org_ids": _org_ids(org_id)}
     sql = f"""
         SELECT a.status_id, a.is_broken, coalesce(a.is_web_page, false)
                    AS is_web_page,
                lower(coalesce(r.format, '')) AS format, count(*) AS n
         {_BASE}
-        WHERE p.owner_org = :org_id AND {_CHECKED}
+        WHERE p.owner_org = ANY(:org_ids) AND {_CHECKED}
           AND {viewer.clause(params)}
         GROUP BY 1, 2, 3, 4
     """
@@ -274,7 +284,7 @@ def facets(viewer: Viewer, org_id: str) -> list[sa.Row]:
 
 # -- trend ----------------------------------------------------------------
 
-def broken_trend(viewer: Viewer, org_id: Optional[str] = None,
+def broken_trend(viewer: Viewer, org_id: Optional[OrgIds] = None,
                  days: int = 90, window: int = 7,
                  today: Optional[datetime.date] = None,
                  ) -> list[tuple[datetime.date, int]]:
@@ -309,13 +319,13 @@ def broken_trend(viewer: Viewer, org_id: Optional[str] = None,
     if org_id is not None:
         # One organization: from its resources to their history rows
         # (index on resource_id, checked_at).
-        params["org_id"] = org_id
+        params["org_ids"] = _org_ids(org_id)
         sql = f"""
             SELECT array_agg(DISTINCT {offsets} ORDER BY {offsets}) AS days
             FROM package p
             JOIN resource r ON r.package_id = p.id AND r.state = 'active'
             JOIN archival_history h ON h.resource_id = r.id
-            WHERE p.owner_org = :org_id AND p.state = 'active'
+            WHERE p.owner_org = ANY(:org_ids) AND p.state = 'active'
               AND {viewer.clause(params)}
               AND h.is_broken AND h.checked_at >= :since
             GROUP BY h.resource_id
