@@ -9,12 +9,14 @@ What it does, in order:
 
 * normalises the URL (:func:`netguard.normalise_url`); only http(s);
 * skips the request while the previous response is still fresh
-  (``Previous.fresh_until``) unless ``force``;
+  (:mod:`ckanext.archiver.engine.freshness`, the one rule) unless
+  ``force``; such an outcome has ``fresh_skip`` set (no contact was made);
 * sends a GET with ``If-None-Match`` / ``If-Modified-Since`` from the previous
   check, ``Accept-Encoding: identity`` and the configured user agent, through
   a pooled session whose connections are checked by the SSRF guard;
 * follows redirects itself (each hop is guarded, loops and too many hops
-  are reported), keeping the final URL;
+  are reported), keeping the final URL, and ``moved_to``: where a leading
+  run of permanent redirects (301, 308) points;
 * maps HTTP and network errors to statuses with precise reasons;
 * streams the body in chunks into ``tmp_dir`` while hashing (sha1, sha256)
   and counting the *decoded* bytes against the size cap, under connect/read
@@ -57,6 +59,7 @@ import urllib3
 from urllib3.exceptions import DecodeError, InsecureRequestWarning, NameResolutionError
 
 from ckanext.archiver import netguard, status
+from ckanext.archiver.engine import freshness
 from ckanext.archiver.netguard import BlockedAddress, InvalidURL, normalise_url
 from ckanext.archiver.storage import clean_filename, sanitise_filename
 
@@ -65,6 +68,7 @@ __all__ = ["FetchSettings", "Outcome", "Previous", "fetch", "get_session", "snif
 log = logging.getLogger(__name__)
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+PERMANENT_REDIRECT_CODES = frozenset({301, 308})
 TRANSIENT_CODES = frozenset({408, 425, 429})
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 GENERIC_TYPES = frozenset(
@@ -147,6 +151,10 @@ class Outcome:
     tmp_path: Optional[str] = None
     filename: Optional[str] = None
     is_web_page: bool = False
+    # the server was not contacted: the previous response is still fresh
+    fresh_skip: bool = False
+    # the URL moved for good: target of the 301/308 redirects it starts with
+    moved_to: Optional[str] = None
     transient: bool = False
     retry_after: Optional[float] = None
     bytes_received: int = 0
@@ -375,6 +383,7 @@ class _Attempt:
         self.tmp_path: Optional[str] = None
         self.deadline: Optional[_Deadline] = None
         self.host_answered: Optional[bool] = None
+        self.moved_to: Optional[str] = None
 
     # -- plumbing ------------------------------------------------------------
 
@@ -383,6 +392,7 @@ class _Attempt:
         fields.setdefault("url_redirected_to", redirected)
         fields.setdefault("bytes_received", self.bytes_received)
         fields.setdefault("host_answered", self.host_answered)
+        fields.setdefault("moved_to", self.moved_to)
         for key, value in self.info.items():
             fields.setdefault(key, value)
         return Outcome(status_id, reason, self.url, checked_at=self.checked_at, **fields)
@@ -415,25 +425,13 @@ class _Attempt:
         except _Done as done:
             return done.outcome
 
-    def _same_url(self) -> bool:
-        if not self.previous.url:
-            return True
-        try:
-            return normalise_url(self.previous.url) == self.url
-        except InvalidURL:
-            return False
-
-    def _cache_file_ok(self) -> bool:
-        path = self.previous.cache_filepath
-        return not path or not self.settings.download or os.path.exists(path)
-
     def _run(self) -> Outcome:
         prev = self.previous
-        use_previous = self._same_url() and self._cache_file_ok()
-        fresh = prev.fresh_until
-        if fresh is not None and fresh.tzinfo is None:
-            fresh = fresh.replace(tzinfo=timezone.utc)
-        if use_previous and not self.force and fresh is not None and fresh > self.checked_at:
+        use_previous = (freshness.same_url(prev.url, self.url)
+                        and freshness.cache_file_ok(prev, self.settings.download))
+        fresh = freshness.fresh_until(prev, self.url, download=self.settings.download,
+                                      force=self.force, now=self.checked_at)
+        if fresh is not None:
             return self.result(
                 status.UNCHANGED,
                 f"Still fresh until {fresh.astimezone(timezone.utc).isoformat()}",
@@ -441,6 +439,7 @@ class _Attempt:
                 last_modified=prev.last_modified,
                 sha256=prev.sha256,
                 fresh_until=fresh,
+                fresh_skip=True,
             )
         validators = {}
         if use_previous:
@@ -461,10 +460,12 @@ class _Attempt:
 
     def _follow_redirects(self, validators: dict) -> requests.Response:
         visited = {self.url}
+        permanent = True  # every hop so far was a 301 / 308
         for hop in range(self.settings.max_redirects + 1):
             response = self._request(self.final_url, validators)
             if response.status_code not in REDIRECT_CODES:
                 return response
+            permanent = permanent and response.status_code in PERMANENT_REDIRECT_CODES
             location = response.headers.get("Location")
             if not location:
                 return response  # reported as an HTTP error
@@ -479,6 +480,8 @@ class _Attempt:
             if target in visited:  # final_url stays the hop that looped back
                 raise self.stop(status.DOWNLOAD_ERROR, "Redirect loop")
             self.final_url = target
+            if permanent and target != self.url:
+                self.moved_to = target
             if hop == self.settings.max_redirects:
                 raise self.stop(
                     status.DOWNLOAD_ERROR,
@@ -628,7 +631,8 @@ class _Attempt:
             filename=filename,
             is_web_page=is_web_page,
         )
-        if self.previous.sha256 and self.previous.sha256 == sha256_hex and self._cache_file_ok():
+        if self.previous.sha256 and self.previous.sha256 == sha256_hex and freshness.cache_file_ok(
+                self.previous, self.settings.download):
             self.discard_tmp()
             return self.result(
                 status.UNCHANGED,

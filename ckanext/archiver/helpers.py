@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import ckan.plugins.toolkit as tk
 from markupsafe import Markup, escape
 
-from ckanext.archiver import reasons
+from ckanext.archiver import link_state, reasons
 from ckanext.archiver import status as st
 
 
@@ -206,8 +206,14 @@ def archiver_trend_svg(trend: Sequence[tuple[datetime.date, int]],
     return Markup(svg)
 
 
+def archiver_link_state(info: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What the resource page says about a link (``link_state.link_state``)."""
+    return link_state.link_state(info)
+
+
 def get_helpers() -> dict[str, Any]:
     return {
+        "archiver_link_state": archiver_link_state,
         "archiver_is_broken_printable": archiver_is_broken_printable,
         "archiver_status_text": archiver_status_text,
         "archiver_reason": archiver_reason,

@@ -78,8 +78,9 @@ def _per_hour(hours: int, now: datetime.datetime) -> list[dict[str, Any]]:
     first = current - datetime.timedelta(hours=hours - 1)
     rows = model.Session.execute(sa.text("""
         SELECT date_trunc('hour', checked_at) AS hour, count(*) AS done,
-               count(*) FILTER (WHERE is_broken IS NOT FALSE) AS failed,
+               count(*) FILTER (WHERE is_broken IS NOT FALSE AND NOT site_fault) AS failed,
                count(*) FILTER (WHERE is_broken) AS broken,
+               count(*) FILTER (WHERE site_fault) AS site_faults,
                coalesce(sum(bytes_received), 0) AS bytes
         FROM archival_history
         WHERE checked_at >= :first AND checked_at <= :now
@@ -93,6 +94,7 @@ def _per_hour(hours: int, now: datetime.datetime) -> list[dict[str, Any]]:
         out.append({"hour": hour.isoformat(), "done": int(row.done) if row else 0,
                     "failed": int(row.failed) if row else 0,
                     "broken": int(row.broken) if row else 0,
+                    "site_faults": int(row.site_faults) if row else 0,
                     "bytes": int(row.bytes) if row else 0})
     return out
 
@@ -147,6 +149,11 @@ def numbers(with_workers: bool = True, hours: Optional[int] = None,
         "broken": sum(c["count"] for c in counts if c["is_broken"]),
         "not_sure": sum(c["count"] for c in counts if c["is_broken"] is None),
     }
+    # faults of the site (archive folder, disk, database, worker) since the
+    # last real check: the operator's to fix, not the links'
+    out["resources"]["site_faults"] = int(model.Session.execute(sa.text(
+        f"SELECT count(*) {_ACTIVE} AND a.site_fault_at IS NOT NULL "
+        "AND a.site_fault_at >= coalesce(a.last_checked, 'epoch')")).scalar())
     oldest_check = model.Session.execute(sa.text(
         f"SELECT min(a.updated) {_ACTIVE} AND a.status_id IS NOT NULL")).scalar()
     out["oldest_check"] = _iso(oldest_check)
@@ -157,14 +164,17 @@ def numbers(with_workers: bool = True, hours: Optional[int] = None,
     out["per_hour"] = per_hour
     out["done"] = sum(h["done"] for h in per_hour)
     out["failed"] = sum(h["failed"] for h in per_hour)
+    out["site_faults"] = sum(h["site_faults"] for h in per_hour)
     out["bytes_downloaded"] = sum(h["bytes"] for h in per_hour)
     last = model.Session.execute(sa.text("""
-        SELECT count(*) AS done, count(*) FILTER (WHERE is_broken IS NOT FALSE) AS failed,
+        SELECT count(*) AS done,
+               count(*) FILTER (WHERE is_broken IS NOT FALSE AND NOT site_fault) AS failed,
+               count(*) FILTER (WHERE site_fault) AS site_faults,
                coalesce(sum(bytes_received), 0) AS bytes
         FROM archival_history WHERE checked_at > :since AND checked_at <= :now
     """), {"since": now - datetime.timedelta(hours=1), "now": now}).one()
     out["last_hour"] = {"done": int(last.done), "failed": int(last.failed),
-                        "bytes": int(last.bytes)}
+                        "site_faults": int(last.site_faults), "bytes": int(last.bytes)}
     return out
 
 
@@ -230,8 +240,16 @@ def prometheus_text(figures: Optional[dict[str, Any]] = None) -> str:
     w.metric("archiver_checks_last_hour", "gauge", "Checks recorded in the last hour.",
              [({}, last["done"])])
     w.metric("archiver_checks_failed_last_hour", "gauge",
-             "Checks in the last hour that found a broken link or could not tell.",
+             "Checks in the last hour that found a broken link or could not tell "
+             "(faults of the site not included).",
              [({}, last["failed"])])
+    w.metric("archiver_resources_site_fault", "gauge",
+             "Active resources whose last check met a fault of the site "
+             "(archive folder, disk, database, worker), not of the link.",
+             [({}, n["resources"]["site_faults"])])
+    w.metric("archiver_site_faults_last_hour", "gauge",
+             "Checks in the last hour stopped by a fault of the site.",
+             [({}, last["site_faults"])])
     w.metric("archiver_downloaded_bytes_last_hour", "gauge",
              "Bytes downloaded in the last hour.", [({}, last["bytes"])])
     unchecked = n["oldest_unchecked"]

@@ -40,11 +40,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ckanext.archiver import celery_app, interfaces, pool
 from ckanext.archiver import queue as archiver_queue
 from ckanext.archiver import status as st
-from ckanext.archiver.engine import untrusted
+from ckanext.archiver.engine import freshness, untrusted
 from ckanext.archiver.fetch import FetchSettings, Outcome, Previous, fetch, get_session
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
 from ckanext.archiver.politeness import HostLimiter, HostNotAnswering
 from ckanext.archiver.storage import Staged, Storage
+from ckanext.archiver.worker import site_faults
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Job:
     cache_url: Optional[str] = None
     skip_reason: Optional[str] = None
     retry: bool = False
+    attempt: int = 0  # 0: first attempt of this check; n: its n-th retry
     staged: Optional[Staged] = None  # the new file, until its row is committed
 
 
@@ -257,9 +259,8 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
         except ValueError:  # fetch() says what is wrong with the URL
             host = None
         token = None
-        fresh = (not force and previous is not None and previous.url == (job.url or "").strip()
-                 and previous.fresh_until is not None
-                 and previous.fresh_until > datetime.datetime.now(datetime.timezone.utc))
+        fresh = freshness.fresh_until(previous, job.url, download=settings.download,
+                                      force=force) is not None
         if limiter is not None and host and not fresh:
             try:
                 token = limiter.acquire(
@@ -304,9 +305,8 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
         raise
     except Exception as e:  # a bug or the disk: record it, do not crash the batch
         log.exception("Archiving resource %s failed", job.resource_id)
-        reason = f"System error during archival: {type(e).__name__}"
-        if isinstance(e, OSError) and e.errno is not None:
-            reason += f" ({os.strerror(e.errno)})"
+        reason = "System error during archival: " + site_faults.os_error_reason(
+            e, archive_dir())
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         _discard_file(job, store)
     finally:
@@ -332,6 +332,10 @@ def _tmp_dir(store: Storage, job: Job, create: bool = True) -> str:
 def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
     out = job.outcome
     prev = job.previous or {}
+    if out.fresh_skip and prev.get("status_id") is not None:
+        return _skip_values(job, now)
+    if site_faults.is_site_fault(out.status_id):
+        return _site_fault_values(job, now)
     broken = st.is_broken(out.status_id)
     values: dict[str, Any] = {
         "resource_id": job.resource_id, "package_id": job.package_id,
@@ -339,7 +343,9 @@ def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
         "is_broken": broken, "reason": out.reason,
         "url": (job.url or "").strip(), "url_redirected_to": out.url_redirected_to,
         "http_status": out.http_status, "is_web_page": out.is_web_page,
-        "updated": now,
+        "updated": now, "last_checked": _naive(out.checked_at) or now,
+        "fresh_skip_at": None, "site_fault": None, "site_fault_at": None,
+        "moved_to": out.moved_to, "retries": job.attempt,
         "next_check_at": now + datetime.timedelta(
             days=int(tk.config.get("ckanext.archiver.recheck_days"))),
     }
@@ -358,14 +364,41 @@ def _row_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
     if broken is False:
         values.update(last_success=now, first_failure=None, failure_count=0)
     else:
+        # a check is one attempt and its retries: only its first attempt counts
+        count = prev.get("failure_count") or 0
         values.update(first_failure=prev.get("first_failure") or now,
-                      failure_count=(prev.get("failure_count") or 0) + 1)
+                      failure_count=count + 1 if job.attempt == 0 else max(count, 1))
     # the boundary for untrusted text: nothing a server sent reaches the
     # database unchecked (one NUL byte used to lose the whole batch)
     changed = untrusted.clean_row(values, _FROM_SERVER)
     if changed:
         values["reason"] = untrusted.clean((values["reason"] or "") + untrusted.note(changed),
                                            untrusted.LIMITS["reason"])
+    return values
+
+
+def _skip_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
+    """A freshness skip: the server was not contacted, so the verdict, the
+    time of the last real check and of the last success stay."""
+    return {"resource_id": job.resource_id, "package_id": job.package_id,
+            "updated": now, "fresh_skip_at": now,
+            "next_check_at": now + datetime.timedelta(
+                days=int(tk.config.get("ckanext.archiver.recheck_days")))}
+
+
+def _site_fault_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
+    """A fault of the site: the link keeps its verdict; the fault is
+    recorded beside it (a row never checked says "system error")."""
+    values: dict[str, Any] = {
+        "resource_id": job.resource_id, "package_id": job.package_id,
+        "updated": now, "site_fault_at": now,
+        "site_fault": untrusted.clean(job.outcome.reason, untrusted.LIMITS["reason"]),
+    }
+    if (job.previous or {}).get("status_id") is None:
+        values.update(status_id=st.SYSTEM_ERROR, is_broken=None,
+                      reason=site_faults.PUBLIC_REASON,
+                      resource_timestamp=job.timestamp,
+                      url=(job.url or "").strip(), failure_count=0)
     return values
 
 
@@ -489,13 +522,17 @@ def _write_rows(jobs: list[Job], now: datetime.datetime) -> None:
             index_elements=["resource_id"],
             set_={c: stmt.excluded[c] for c in columns if c != "resource_id"})
         model.Session.execute(stmt, rows)
-    model.Session.execute(sa.insert(ArchivalHistory.__table__), [{
+    # one history row per attempt (a freshness skip is no check)
+    history = [{
         "resource_id": job.resource_id, "package_id": job.package_id,
         "checked_at": _naive(job.outcome.checked_at) or now,
         "status_id": job.outcome.status_id, "is_broken": st.is_broken(job.outcome.status_id),
         "http_status": job.outcome.http_status, "duration": job.outcome.duration,
-        "bytes_received": job.outcome.bytes_received,
-    } for job in jobs])
+        "bytes_received": job.outcome.bytes_received, "attempt": job.attempt,
+        "site_fault": site_faults.is_site_fault(job.outcome.status_id),
+    } for job in jobs if not job.outcome.fresh_skip]
+    if history:
+        model.Session.execute(sa.insert(ArchivalHistory.__table__), history)
 
 
 def _mark_started(jobs: list[Job]) -> None:
@@ -518,8 +555,13 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   attempt: int = 0, polite: bool = True,
                   wait_max: Optional[float] = None,
                   on_late: Optional[Callable[[BatchResult], None]] = None,
-                  handed_off_at: Optional[str] = None) -> BatchResult:
+                  handed_off_at: Optional[str] = None,
+                  max_retries: Optional[int] = None) -> BatchResult:
     """Archive resources now, in this process.
+
+    ``max_retries`` (default: the ``max_retries`` option) caps the attempts
+    of a transient failure; ``attempt`` is this attempt's number (0: the
+    first of a check, which alone counts in ``failure_count``).
 
     With ``wait_max``, downloads still running when the batch is mostly done
     (``pool.run_batch``) are handed off: they are in ``result.late``, and
@@ -534,6 +576,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     jobs = _load_jobs(list(resource_ids))
     todo = []
     for job in jobs:
+        job.attempt = attempt
         if not job.active:
             job.skip_reason = "resource deleted or missing"
         elif _already_done(job, handed_off) or (not force and _already_done(job, queued)):
@@ -552,16 +595,17 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         store = storage()
         store.tmp_dir()
     except OSError as e:
-        detail = os.strerror(e.errno) if e.errno else type(e).__name__
-        reason = f"System error during archival: the archive folder is not usable ({detail})"
-        log.error("archive_dir %s: %s", archive_dir(), e)
+        problem = site_faults.archive_dir_problem(archive_dir(), e)
+        reason = f"System error during archival: {problem}"
+        log.error("%s: %s", problem, e)
         for job in todo:
             job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         result.recorded = todo
         _save(todo)
         return result
     limiter = _limiter() if polite else None
-    max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
+    if max_retries is None:
+        max_retries = int(tk.config.get("ckanext.archiver.max_retries"))
     if len(todo) == 1:
         _run_one(todo[0], store, limiter, force)
         done, late = todo, []
