@@ -111,6 +111,11 @@ TEMPLATES: dict[str, str] = {
         "System error during archival: archive_dir {path} cannot be created ({error})"),
     "archive_dir_not_writable": N_(
         "System error during archival: archive_dir {path} is not writable by the worker"),
+    "archive_dir_not_writable_error": N_(
+        "System error during archival: archive_dir {path} is not writable ({error})"),
+    "archive_dir_quota_full": N_(
+        "System error during archival: archive_dir {path} is full "
+        "(max_archive_bytes {limit} reached)"),
     "archive_dir_full": N_("System error during archival: archive_dir {path} is full ({error})"),
     "archive_dir_unusable": N_(
         "System error during archival: archive_dir {path} is not usable ({error})"),

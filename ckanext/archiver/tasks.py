@@ -293,8 +293,10 @@ def _run_one(job: Job, store: Storage, limiter: Optional[HostLimiter],
         tmp_path = outcome.tmp_path
         if tmp_path:
             if not store.has_room(outcome.size or 0, on_disk=True):
-                outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
-                outcome.reason = "Chose not to download: archive full"
+                # the site's quota, not the link: a site fault (verdict kept)
+                outcome.status_id = st.SYSTEM_ERROR
+                outcome.reason = ("System error during archival: " + site_faults.quota_full(
+                    archive_dir(), store.max_archive_bytes))
                 return
             filename = outcome.filename or "resource"
             job.staged = store.stage(job.resource_id, tmp_path, filename)

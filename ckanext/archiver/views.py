@@ -409,7 +409,7 @@ def _row_record(row: Any, org_names: dict[str, str]) -> dict[str, Any]:
         "last_success": _iso(row.last_success),
         "failure_count": row.failure_count,
         "url_redirected_to": row.url_redirected_to,
-        "is_web_page": row.is_web_page, "last_checked": _iso(row.updated),
+        "is_web_page": row.is_web_page, "last_checked": _iso(row.last_checked),
         "moved_to": row.moved_to,
     }
 

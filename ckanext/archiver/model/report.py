@@ -220,7 +220,8 @@ _ROW_COLUMNS = """
     coalesce(a.url, r.url) AS url, a.status_id, a.is_broken, a.reason,
     a.http_status, a.first_failure, a.last_success, a.failure_count,
     a.url_redirected_to, a.is_web_page, a.updated, a.cache_filepath,
-    a.cache_url, r.url_type, a.moved_to
+    a.cache_url, r.url_type, a.moved_to,
+    coalesce(a.last_checked, a.updated) AS last_checked
 """
 
 

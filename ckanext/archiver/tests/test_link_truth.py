@@ -151,7 +151,7 @@ def test_the_freshness_rule_is_one(tmp_path):
 # 2 -- a fault of the site is not a fault of the link ------------------------
 
 def test_a_fault_of_the_site_keeps_the_links_verdict(
-        app, celery_worker, httpserver, archive_dir, sysadmin):
+        app, celery_worker, httpserver, archive_dir, sysadmin, cli, make_ini):
     httpserver.expect_request("/ok.csv").respond_with_data("a,b\n", content_type="text/csv")
     dataset = factories.Dataset()
     res = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/ok.csv"))
@@ -182,6 +182,11 @@ def test_a_fault_of_the_site_keeps_the_links_verdict(
     assert figures["resources"]["ok"] == 1 and figures["last_hour"]["site_faults"] == 1
     assert figures["last_hour"]["failed"] == 0
     assert "archiver_resources_site_fault 1" in stats.prometheus_text(figures)
+    from ckan.cli.cli import ckan
+
+    status = cli.invoke(ckan, ["-c", make_ini(), "archiver", "status", "--no-workers"])
+    assert "Site faults: 1 resource" in status.output, status.output
+    assert "Links: 1 ok, 0 broken" in status.output
 
     archive_dir.unlink()
     archive_dir.mkdir()  # the operator repairs it: the next check is a real one
@@ -204,6 +209,24 @@ def test_a_site_fault_on_the_first_check_says_could_not_be_checked(
     assert row.reason == "System error during archival" and row.failure_count == 0
     public = status_section(app, dataset, res, case="site fault on the first check: public")
     assert "could not be checked yet" in public and "archive_dir" not in public
+
+
+def test_site_fault_reasons_name_the_cause_and_are_translatable(tmp_path):
+    from ckanext.archiver import reasons
+    from ckanext.archiver.worker import site_faults
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    found = {
+        site_faults.archive_dir_problem(str(blocker)): f"archive_dir {blocker} is not a directory",
+        site_faults.archive_dir_problem(str(blocker / "a")):
+            f"archive_dir {blocker}/a cannot be created: {blocker} is not a directory",
+        site_faults.archive_dir_problem(str(tmp_path), OSError(28, "No space")):
+            f"archive_dir {tmp_path} is full (No space left on device)",
+    }
+    for got, expected in found.items():
+        assert got == expected
+        assert reasons.parse("System error during archival: " + got) is not None, got
 
 
 # 3 -- counts mean checks ----------------------------------------------------

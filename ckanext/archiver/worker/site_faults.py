@@ -15,7 +15,8 @@ from typing import Optional
 
 from ckanext.archiver import status as st
 
-__all__ = ["archive_dir_problem", "os_error_reason", "is_site_fault", "PUBLIC_REASON"]
+__all__ = ["archive_dir_problem", "os_error_reason", "quota_full", "is_site_fault",
+           "PUBLIC_REASON"]
 
 # what a row that never had a real check says in public (its real cause is
 # in ``site_fault``)
@@ -48,12 +49,19 @@ def archive_dir_problem(path: str, error: Optional[BaseException] = None) -> str
         detail = _strerror(error) if error is not None else "it does not exist"
         return f"{label} cannot be created ({detail})"
     if not os.access(path, os.W_OK | os.X_OK):
+        if isinstance(error, OSError) and error.errno is not None:
+            return f"{label} is not writable ({_strerror(error)})"
         return f"{label} is not writable by the worker"
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"{label} is full ({_strerror(error)})"
     if error is not None:
         return f"{label} is not usable ({_strerror(error)})"
     return f"{label} is not usable"
+
+
+def quota_full(archive_dir: str, limit: int) -> str:
+    """The reason when ``max_archive_bytes`` is reached."""
+    return f"archive_dir {archive_dir} is full (max_archive_bytes {limit} reached)"
 
 
 def os_error_reason(e: BaseException, archive_dir: str) -> str:
