@@ -131,8 +131,10 @@ def archiver_broken_resources(pkg: dict[str, Any]) -> int:
 def archiver_cached_resources(pkg: dict[str, Any]) -> int:
     """How many of a dataset's resources have a cached copy (what its zip
     at ``/dataset/<id>/archive.zip`` holds)."""
+    # cache_filepath for sysadmins, cache_filename for other readers
     return sum(1 for res in pkg.get("resources") or []
-               if (res.get("archiver") or {}).get("cache_filepath"))
+               if (res.get("archiver") or {}).get("cache_filepath")
+               or (res.get("archiver") or {}).get("cache_filename"))
 
 
 def archiver_report_url_for_user() -> Optional[str]:

@@ -270,6 +270,10 @@ def test_a_permanent_redirect_is_shown_and_filtered(app, celery_worker, httpserv
         Response(status=301, headers={"Location": new}))
     httpserver.expect_request("/moving.csv").respond_with_response(
         Response(status=302, headers={"Location": new}))
+    httpserver.expect_request("/chain.csv").respond_with_response(
+        Response(status=308, headers={"Location": httpserver.url_for("/old.csv")}))
+    httpserver.expect_request("/mixed.csv").respond_with_response(
+        Response(status=307, headers={"Location": httpserver.url_for("/old.csv")}))
     org = factories.Organization()
     dataset = factories.Dataset(owner_org=org["id"])
     moved = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/old.csv"))
@@ -278,6 +282,11 @@ def test_a_permanent_redirect_is_shown_and_filtered(app, celery_worker, httpserv
     assert wait_for(lambda: checked_row(moved["id"])).moved_to == new
     row = wait_for(lambda: checked_row(temporary["id"]))
     assert row.moved_to is None and row.url_redirected_to == new
+    # 308 then 301: moved for good; 307 then 301: the link itself did not move
+    chain = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/chain.csv"))
+    mixed = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/mixed.csv"))
+    assert wait_for(lambda: checked_row(chain["id"])).moved_to == new
+    assert wait_for(lambda: checked_row(mixed["id"])).moved_to is None
 
     text = status_section(app, dataset, moved, case="moved: 301")
     assert f"Link works, but it moved to {new}: update the link" in text
@@ -288,10 +297,10 @@ def test_a_permanent_redirect_is_shown_and_filtered(app, celery_worker, httpserv
     login(app, sysadmin)
     report = app.get(f"/report/broken-links/{org['name']}",
                      query_string={"status": "moved", "format": "json"}).get_json()
-    assert [r["resource_id"] for r in report["rows"]] == [moved["id"]]
-    assert report["rows"][0]["moved_to"] == new
+    assert sorted(r["resource_id"] for r in report["rows"]) == sorted([moved["id"], chain["id"]])
+    assert {r["moved_to"] for r in report["rows"]} == {new}
     page = app.get(f"/report/broken-links/{org['name']}").get_data(as_text=True)
-    assert "Link moved (permanent redirect): update it (1)" in page
+    assert "Link moved (permanent redirect): update it (2)" in page
 
 
 # 5 -- pending is visible ----------------------------------------------------
