@@ -90,7 +90,7 @@ def waiting_resources() -> dict[str, int]:
 
     def count(chunk: list[bytes]) -> None:
         for value in r.mget(chunk):
-            name = value.decode("utf-8", "replace") if value else None
+            name = queue.queue_of_mark(value)
             if name in counts:
                 counts[name] += 1
 

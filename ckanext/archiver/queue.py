@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 QUEUES = ("priority", "bulk")
 PENDING_TTL = 7 * 24 * 3600
+FORCED = ":force"  # suffix of the pending mark of a forced (explicit) check
 _redis: dict[str, redis.Redis] = {}
 
 Item = tuple[str, str]  # (resource_id, package_id)
@@ -43,13 +44,17 @@ def pending_key(resource_id: str) -> str:
     return "archiver:{}:pending:{}".format(tk.config.get("ckan.site_id"), resource_id)
 
 
-def _claim(items: Sequence[Item], queue: str) -> list[Item]:
+def _claim(items: Sequence[Item], queue: str, force: bool = False) -> list[Item]:
     """Mark items pending; return those not already waiting (on priority:
-    also those waiting on bulk, which are raised)."""
+    also those waiting on bulk, which are raised, and, for a forced check,
+    those waiting for a check that is not forced: an explicit check always
+    contacts the server). The mark is the queue's name, with ``:force``
+    for a forced check."""
     r = redis_client()
+    mark = f"{queue}{FORCED}" if force else queue
     with r.pipeline(transaction=False) as pipe:
         for rid, _pid in items:
-            pipe.set(pending_key(rid), queue, nx=True, ex=PENDING_TTL)
+            pipe.set(pending_key(rid), mark, nx=True, ex=PENDING_TTL)
         claimed = pipe.execute()
     chosen = [item for item, ok in zip(items, claimed) if ok]
     if queue == "priority":
@@ -57,10 +62,25 @@ def _claim(items: Sequence[Item], queue: str) -> list[Item]:
         if waiting:
             with r.pipeline(transaction=False) as pipe:
                 for rid, _pid in waiting:
-                    pipe.getset(pending_key(rid), "priority")
+                    pipe.getset(pending_key(rid), mark)
                 before = pipe.execute()
-            chosen += [item for item, was in zip(waiting, before) if was != b"priority"]
+            forced = b"priority" + FORCED.encode()
+            taken = {forced} if force else {b"priority", forced}
+            chosen += [item for item, was in zip(waiting, before) if was not in taken]
+            kept = [rid for (rid, _pid), was in zip(waiting, before) if was == forced]
+            if kept and not force:  # a forced check still waits: keep its mark
+                with r.pipeline(transaction=False) as pipe:
+                    for rid in kept:
+                        pipe.set(pending_key(rid), forced, xx=True, keepttl=True)
+                    pipe.execute()
     return chosen
+
+
+def queue_of_mark(mark: Optional[bytes]) -> Optional[str]:
+    """The queue a pending mark names (``priority:force`` -> ``priority``)."""
+    if not mark:
+        return None
+    return mark.decode("utf-8", "replace").split(":", 1)[0]
 
 
 def release(resource_ids: Iterable[str]) -> None:
@@ -119,7 +139,7 @@ def enqueue(items: Iterable[Item], queue: str = "bulk", force: bool = False) -> 
     unique = list(dict(items).items())
     if not unique:
         return 0
-    chosen = _claim(unique, queue)
+    chosen = _claim(unique, queue, force)
     if not chosen:
         return 0
     when = utcnow()
@@ -231,7 +251,8 @@ def needing_check(package_id: str) -> list[Item]:
                 marks = pipe.execute()
         except redis.exceptions.RedisError:
             marks = []
-        items += [(rid, package_id) for rid, mark in zip(waiting, marks) if mark == b"bulk"]
+        items += [(rid, package_id) for rid, mark in zip(waiting, marks)
+                  if queue_of_mark(mark) == "bulk"]
     return items
 
 

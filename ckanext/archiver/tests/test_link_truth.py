@@ -356,3 +356,20 @@ def test_a_web_page_instead_of_a_file_is_a_warning(app, celery_worker, httpserve
     report = app.get(f"/report/broken-links/{org['name']}",
                      query_string={"status": "webpage", "format": "json"}).get_json()
     assert [r["resource_id"] for r in report["rows"]] == [res["id"]]
+
+
+def test_a_forced_check_is_not_swallowed_by_a_waiting_routine_one(archiver_env, httpserver):
+    """"Check link now" while a routine check of the resource waits: the
+    forced one is queued all the same (the waiting one may skip the
+    server); a second click is not."""
+    from ckanext.archiver import clitools
+
+    dataset = factories.Dataset()
+    res = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/x"))
+    item = [(res["id"], dataset["id"])]  # creating it queued it on priority
+    assert queue.enqueue(item, "priority") == 0
+    assert queue.enqueue(item, "priority", force=True) == 1
+    assert queue.enqueue(item, "priority", force=True) == 0
+    assert queue.enqueue(item, "priority") == 0
+    assert queue.enqueue(item, "priority", force=True) == 0  # its mark was kept
+    assert clitools.waiting_resources() == {"priority": 1, "bulk": 0}
