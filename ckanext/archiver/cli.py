@@ -46,7 +46,9 @@ def archiver():
               help="Only resources not checked for DAYS days (for cron).")
 @click.option("--broken", is_flag=True, help="Only resources broken now.")
 @click.option("--now", is_flag=True, help="Archive here, without Celery, with a progress bar.")
-@click.option("--force", is_flag=True, help="Download even when still fresh.")
+@click.option("--force", is_flag=True,
+              help="Contact every server, even one whose last answer is still fresh "
+                   "(Cache-Control / Expires); without it such resources are not re-checked.")
 @click.option("--wait", is_flag=True,
               help="Follow the run until every resource is checked (Ctrl-C stops "
                    "following, not the run).")
@@ -162,6 +164,9 @@ def status(as_json: bool, no_workers: bool):
     click.echo("Links: {} ok, {} broken, {} not sure, {} never checked".format(
         verdicts["ok"], verdicts["broken"], verdicts["not sure"],
         numbers["resources"]["never_checked"]))
+    faults = numbers["resources"]["site_faults"]
+    click.echo("Site faults: {} (archive folder, disk, database or worker; the links "
+               "keep their last verdict)".format(plural(faults, "resource") if faults else "none"))
     for row in numbers["status_counts"]:
         click.echo("  {:>8}  {}".format(row["count"], row["status"]))
     archive = numbers["archive"]
@@ -173,7 +178,10 @@ def status(as_json: bool, no_workers: bool):
     oldest = numbers["oldest_check"]
     click.echo("Oldest check: {}".format(
         human_time(datetime.datetime.fromisoformat(oldest)) if oldest else "-"))
-    click.echo("Checks in the last hour: {}".format(numbers["last_hour"]["done"]))
+    last = numbers["last_hour"]
+    click.echo("Checks in the last hour: {}{}".format(
+        last["done"], f" ({last['site_faults']} stopped by a site fault)"
+        if last["site_faults"] else ""))
 
 
 @archiver.command()

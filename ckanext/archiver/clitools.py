@@ -28,7 +28,7 @@ from ckanext.archiver.config import QUEUES
 from ckanext.archiver.engine.storage import TMP_DIRNAME
 from ckanext.archiver.engine.zipper import PACKAGES_DIRNAME
 from ckanext.archiver.model import usage, utcnow
-from ckanext.archiver.worker import batch
+from ckanext.archiver.worker import batch, dispatch
 
 BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -124,7 +124,7 @@ def waiting_resources() -> dict[str, int]:
 
     def count(chunk: list[bytes]) -> None:
         for value in r.mget(chunk):
-            name = value.decode("utf-8", "replace") if value else None
+            name = dispatch.queue_of_mark(value)
             if name in counts:
                 counts[name] += 1
 
@@ -240,7 +240,7 @@ def update_now(items: list[tuple[str, str]], force: bool) -> None:
     with click.progressbar(length=len(items), label="Archiving") as bar:
         for start in range(0, len(items), size):
             ids = [rid for rid, _pid in items[start:start + size]]
-            result = batch.archive_batch(ids, "bulk", force=force, attempt=10**6,
+            result = batch.archive_batch(ids, "bulk", force=force, max_retries=0,
                                          polite=polite)
             for key, value in result.counts().items():
                 totals[key] += value

@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from ckanext.archiver import status as st
 from ckanext.archiver import urls
 from ckanext.archiver.engine import reasons
+from ckanext.archiver.logic import link_state
 
 
 def archiver_is_broken_printable(is_broken: Optional[bool]) -> str:
@@ -191,3 +192,8 @@ def archiver_trend_svg(trend: Sequence[tuple[datetime.date, int]],
 {"".join(marks)}
 </svg>"""
     return Markup(svg)
+
+
+def archiver_link_state(info: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What the resource page says about a link (``link_state.link_state``)."""
+    return link_state.link_state(info)

@@ -9,12 +9,14 @@ What it does, in order:
 
 * normalises the URL (:func:`netguard.normalise_url`); only http(s);
 * skips the request while the previous response is still fresh
-  (``Previous.fresh_until``) unless ``force``;
+  (``Previous.fresh_for``, the one rule) unless ``force``; such an outcome
+  has ``fresh_skip`` set (no contact was made);
 * sends a GET with ``If-None-Match`` / ``If-Modified-Since`` from the previous
   check, ``Accept-Encoding: identity`` and the configured user agent, through
   a pooled session whose connections are checked by the SSRF guard;
 * follows redirects itself (each hop is guarded, loops and too many hops
-  are reported), keeping the final URL;
+  are reported), keeping the final URL, and ``moved_to``: where a leading
+  run of permanent redirects (301, 308) points;
 * maps HTTP and network errors to statuses with precise reasons;
 * streams the body in chunks into ``tmp_dir`` while hashing (sha1, sha256)
   and counting the *decoded* bytes against the size cap, under connect/read
@@ -71,6 +73,7 @@ __all__ = ["PASS_THROUGH", "REDIRECT_CODES", "TRANSIENT_CODES", "fetch"]
 log = logging.getLogger(__name__)
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+PERMANENT_REDIRECT_CODES = frozenset({301, 308})
 TRANSIENT_CODES = frozenset({408, 425, 429})
 
 
@@ -137,6 +140,7 @@ class _Attempt(Download):
         self.staged: Optional[Sink] = None
         self.deadline: Optional[Deadline] = None
         self.host_answered: Optional[bool] = None
+        self.moved_to: Optional[str] = None
 
     # -- plumbing ------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class _Attempt(Download):
         fields.setdefault("url_redirected_to", redirected)
         fields.setdefault("bytes_received", self.bytes_received)
         fields.setdefault("host_answered", self.host_answered)
+        fields.setdefault("moved_to", self.moved_to)
         for key, value in self.info.items():
             fields.setdefault(key, value)
         return Outcome(status_id, reason, self.url, checked_at=self.checked_at, **fields)
@@ -202,6 +207,7 @@ class _Attempt(Download):
                 last_modified=prev.last_modified,
                 sha256=prev.sha256,
                 fresh_until=fresh,
+                fresh_skip=True,
             )
         validators = {}
         if use_previous:
@@ -222,10 +228,12 @@ class _Attempt(Download):
 
     def _follow_redirects(self, validators: dict) -> requests.Response:
         visited = {self.url}
+        permanent = True  # every hop so far was a 301 / 308
         for hop in range(self.settings.max_redirects + 1):
             response = self._request(self.final_url, validators)
             if response.status_code not in REDIRECT_CODES:
                 return response
+            permanent = permanent and response.status_code in PERMANENT_REDIRECT_CODES
             location = response.headers.get("Location")
             if not location:
                 return response  # reported as an HTTP error
@@ -240,6 +248,8 @@ class _Attempt(Download):
             if target in visited:  # final_url stays the hop that looped back
                 raise self.stop(status.DOWNLOAD_ERROR, "Redirect loop")
             self.final_url = target
+            if permanent and target != self.url:
+                self.moved_to = target
             if hop == self.settings.max_redirects:
                 raise self.stop(
                     status.DOWNLOAD_ERROR,

@@ -106,7 +106,8 @@ end
 # KEYS 8 the entry's pending mark ('' none). ARGV 9 entry, 10 class (0
 # priority, 1 bulk), 11 the mark's value, 12 its expiry. Returns {-timeouts}
 # when the host does not answer (the entry is not queued), else {0,
-# grants...}. The mark is set (never lowered from 'priority') while the
+# grants...}. The mark is set (never lowered from 'priority' or a forced
+# check's 'priority:force', worker.dispatch) while the
 # entry waits: set in the same script, no grant can come before it.
 _SUBMIT = _COMMON + """
 local now = now_s()
@@ -121,7 +122,8 @@ redis.call('EXPIRE', KEYS[5], 86400)
 redis.call('SADD', KEYS[7], ARGV[7])
 local out = grant(now, {0})
 if KEYS[8] ~= '' and redis.call('ZSCORE', KEYS[6], ARGV[9]) then
-  if redis.call('GET', KEYS[8]) ~= 'priority' then
+  local held = redis.call('GET', KEYS[8])
+  if held ~= 'priority:force' and (held ~= 'priority' or ARGV[11] == 'priority:force') then
     redis.call('SET', KEYS[8], ARGV[11], 'EX', ARGV[12])
   end
 end

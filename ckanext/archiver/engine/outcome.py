@@ -105,6 +105,10 @@ class Outcome:
     staged: Any = None
     filename: Optional[str] = None
     is_web_page: bool = False
+    # the server was not contacted: the previous response is still fresh
+    fresh_skip: bool = False
+    # the URL moved for good: target of the 301/308 redirects it starts with
+    moved_to: Optional[str] = None
     transient: bool = False
     retry_after: Optional[float] = None
     bytes_received: int = 0

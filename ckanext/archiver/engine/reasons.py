@@ -102,6 +102,27 @@ TEMPLATES: dict[str, str] = {
     "archive_full": N_("Chose not to download: archive full"),
     "archive_unusable": N_(
         "System error during archival: the archive folder is not usable ({error})"),
+    "archive_dir_not_dir": N_(
+        "System error during archival: archive_dir {path} is not a directory"),
+    "archive_dir_parent_not_dir": N_(
+        "System error during archival: archive_dir {path} cannot be created: "
+        "{parent} is not a directory"),
+    "archive_dir_cannot_create": N_(
+        "System error during archival: archive_dir {path} cannot be created ({error})"),
+    "archive_dir_not_writable": N_(
+        "System error during archival: archive_dir {path} is not writable by the worker"),
+    "archive_dir_not_writable_error": N_(
+        "System error during archival: archive_dir {path} is not writable ({error})"),
+    "archive_dir_quota_full": N_(
+        "System error during archival: archive_dir {path} is full "
+        "(max_archive_bytes {limit} reached)"),
+    "archive_dir_full": N_("System error during archival: archive_dir {path} is full ({error})"),
+    "archive_dir_unusable": N_(
+        "System error during archival: archive_dir {path} is not usable ({error})"),
+    "worker_stopped": N_(
+        "System error during archival: the worker stopped every time it archived this"),
+    "save_row_failed": N_(
+        "System error during archival: the result could not be saved ({error})"),
     "system_error": N_("System error during archival: {error}"),
     "resource_deleted": N_("Resource deleted"),
 }

@@ -28,6 +28,7 @@ LIMITS: dict[str, int] = {
     "reason": 2000,
     "url": 8000,  # the resource's own URL (CKAN stores it unbounded too)
     "url_redirected_to": 8000,
+    "moved_to": 8000,  # a permanent redirect's target (Location)
     "cache_filepath": 4096,
     "cache_url": 8000,
     "mimetype": 255,

@@ -8,7 +8,7 @@ import ckan.plugins.toolkit as tk
 from ckan import model
 from ckan.types import Context, DataDict
 
-from ckanext.archiver.logic import schema
+from ckanext.archiver.logic import link_state, schema
 from ckanext.archiver.logic.visibility import show_cache_filepath
 from ckanext.archiver.model import Archival, active_dataset, dataset_summary
 from ckanext.archiver.model.org_notify import set_opt_out
@@ -55,7 +55,9 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, A
 
     :returns: the ``archiver`` dict also found on the resource in
         ``package_show`` (status_id, status, is_broken, reason, cache_url,
-        size, mimetype, hashes, first_failure, last_success, ...)
+        size, mimetype, hashes, first_failure, last_success, ...), and
+        ``pending``: ``"queued"`` or ``"checking"`` while a check waits or
+        runs, else null
     :rtype: dictionary
     """
     _check_read("archiver_resource_show", context, data_dict, tk._("Resource not found"))
@@ -63,9 +65,9 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, A
     archival = Archival.get_for_resource(resource_id)
     if archival is None:
         raise tk.ObjectNotFound(tk._("This resource has not been checked yet"))
-    return dict(archival.as_dict(show_cache_filepath(context)),
-                resource_id=archival.resource_id,
-                package_id=archival.package_id)
+    info = archival.as_dict(show_cache_filepath(context))
+    return dict(info, resource_id=archival.resource_id, package_id=archival.package_id,
+                pending=link_state.pending(info))
 
 
 @tk.side_effect_free
@@ -100,7 +102,8 @@ def archiver_update(context: Context, data_dict: DataDict) -> dict[str, Any]:
     :type id: string
     :param queue: ``priority`` (default) or ``bulk``
     :type queue: string
-    :param force: download even when the last response is still fresh
+    :param force: contact the server even when its last response is still
+        fresh (the "Check link now" buttons always do)
     :type force: bool
 
     :returns: ``{"queued": <number of resources queued>}`` (resources

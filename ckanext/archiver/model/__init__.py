@@ -75,7 +75,11 @@ PUBLIC_COLUMNS = (
     # added by this archiver
     "url", "http_status", "cache_control", "fresh_until", "sha256",
     "is_web_page", "queued_at", "started_at", "next_check_at",
+    "last_checked", "fresh_skip_at", "site_fault_at", "moved_to", "retries",
 )
+# shown to sysadmins only (with cache_filepath): the real cause of a fault
+# of the site, which may name its folders
+PRIVATE_COLUMNS = ("site_fault",)
 
 
 class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
@@ -113,6 +117,12 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
     queued_at = Column(types.DateTime)
     started_at = Column(types.DateTime)
     next_check_at = Column(types.DateTime)
+    last_checked = Column(types.DateTime)
+    fresh_skip_at = Column(types.DateTime)
+    site_fault = Column(types.UnicodeText)
+    site_fault_at = Column(types.DateTime)
+    moved_to = Column(types.UnicodeText)
+    retries = Column(types.Integer)
 
     @classmethod
     def get_for_resource(cls, resource_id: str) -> Optional[Archival]:
@@ -160,7 +170,8 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
     def as_dict(self, show_path: bool = True) -> dict[str, Any]:
         """The row as the API shows it (no ids; dates in ISO format).
         Unless ``show_path``, ``cache_filepath`` (the server's path) is left
-        out and ``cache_filename`` (its last part) given instead."""
+        out and ``cache_filename`` (its last part) given instead, and so is
+        ``site_fault`` (the real cause of a fault of the site)."""
         out: dict[str, Any] = {}
         if not show_path:
             out["cache_filename"] = (self.cache_filepath or "").replace(
@@ -172,6 +183,9 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
             if isinstance(value, datetime.datetime):
                 value = value.isoformat()
             out[name] = value
+        if show_path:
+            for name in PRIVATE_COLUMNS:
+                out[name] = getattr(self, name)
         out["status"] = self.status
         out["is_broken_printable"] = self.is_broken_printable
         return out
@@ -217,6 +231,8 @@ class ArchivalHistory(tk.BaseModel):  # type: ignore[misc, valid-type]
     http_status = Column(types.Integer)
     duration = Column(types.Float)
     bytes_received = Column(types.BigInteger)
+    attempt = Column(types.Integer, nullable=False, default=0)
+    site_fault = Column(types.Boolean, nullable=False, default=False)
 
     __table_args__ = (
         sa.Index("ix_archival_history_resource_checked",

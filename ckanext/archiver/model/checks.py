@@ -18,7 +18,7 @@ from ckan import model
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ckanext.archiver import status as st
-from ckanext.archiver.engine import untrusted
+from ckanext.archiver.engine import site_faults, untrusted
 from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.engine.outcome import Outcome, Previous
 from ckanext.archiver.engine.storage import Staged
@@ -45,6 +45,7 @@ class Job:
     cache_url: Optional[str] = None
     skip_reason: Optional[str] = None
     retry: bool = False
+    attempt: int = 0  # 0: first attempt of this check; n: its n-th retry
     staged: Optional[Staged] = None  # the new file, until its row is committed
     retry_countdown: Optional[int] = None  # seconds, when a retry is queued
     grant: Optional[Grant] = None  # its host's slot, given while it waited
@@ -99,6 +100,10 @@ def previous_of(job: Job) -> Optional[Previous]:
 def row_values(job: Job, now: datetime.datetime, recheck_days: int) -> dict[str, Any]:
     out = job.outcome
     prev = job.previous or {}
+    if out.fresh_skip and prev.get("status_id") is not None:
+        return _skip_values(job, now, recheck_days)
+    if site_faults.is_site_fault(out.status_id):
+        return _site_fault_values(job, now)
     broken = st.is_broken(out.status_id)
     values: dict[str, Any] = {
         "resource_id": job.resource_id, "package_id": job.package_id,
@@ -106,7 +111,9 @@ def row_values(job: Job, now: datetime.datetime, recheck_days: int) -> dict[str,
         "is_broken": broken, "reason": out.reason,
         "url": (job.url or "").strip(), "url_redirected_to": out.url_redirected_to,
         "http_status": out.http_status, "is_web_page": out.is_web_page,
-        "updated": now,
+        "updated": now, "last_checked": naive(out.checked_at) or now,
+        "fresh_skip_at": None, "site_fault": None, "site_fault_at": None,
+        "moved_to": out.moved_to, "retries": job.attempt,
         "next_check_at": now + datetime.timedelta(
             days=recheck_days),
     }
@@ -125,14 +132,40 @@ def row_values(job: Job, now: datetime.datetime, recheck_days: int) -> dict[str,
     if broken is False:
         values.update(last_success=now, first_failure=None, failure_count=0)
     else:
+        # a check is one attempt and its retries: only its first attempt counts
+        count = prev.get("failure_count") or 0
         values.update(first_failure=prev.get("first_failure") or now,
-                      failure_count=(prev.get("failure_count") or 0) + 1)
+                      failure_count=count + 1 if job.attempt == 0 else max(count, 1))
     # the boundary for untrusted text: nothing a server sent reaches the
     # database unchecked (one NUL byte used to lose the whole batch)
     changed = untrusted.clean_row(values, _FROM_SERVER)
     if changed:
         values["reason"] = untrusted.clean((values["reason"] or "") + untrusted.note(changed),
                                            untrusted.LIMITS["reason"])
+    return values
+
+
+def _skip_values(job: Job, now: datetime.datetime, recheck_days: int) -> dict[str, Any]:
+    """A freshness skip: the server was not contacted, so the verdict, the
+    time of the last real check and of the last success stay."""
+    return {"resource_id": job.resource_id, "package_id": job.package_id,
+            "updated": now, "fresh_skip_at": now,
+            "next_check_at": now + datetime.timedelta(days=recheck_days)}
+
+
+def _site_fault_values(job: Job, now: datetime.datetime) -> dict[str, Any]:
+    """A fault of the site: the link keeps its verdict; the fault is
+    recorded beside it (a row never checked says "system error")."""
+    values: dict[str, Any] = {
+        "resource_id": job.resource_id, "package_id": job.package_id,
+        "updated": now, "site_fault_at": now,
+        "site_fault": untrusted.clean(job.outcome.reason, untrusted.LIMITS["reason"]),
+    }
+    if (job.previous or {}).get("status_id") is None:
+        values.update(status_id=st.SYSTEM_ERROR, is_broken=None,
+                      reason=site_faults.PUBLIC_REASON,
+                      resource_timestamp=job.timestamp,
+                      url=(job.url or "").strip(), failure_count=0)
     return values
 
 
@@ -272,15 +305,17 @@ def write_rows(jobs: list[Job], now: datetime.datetime, recheck_days: int) -> No
             index_elements=["resource_id"],
             set_={c: stmt.excluded[c] for c in columns if c != "resource_id"})
         model.Session.execute(stmt, rows)
-    model.Session.execute(sa.insert(ArchivalHistory.__table__), [{
+    # one history row per attempt (a freshness skip is no check)
+    history = [{
         "resource_id": job.resource_id, "package_id": job.package_id,
         "checked_at": naive(job.outcome.checked_at) or now,
         "status_id": job.outcome.status_id, "is_broken": st.is_broken(job.outcome.status_id),
         "http_status": job.outcome.http_status, "duration": job.outcome.duration,
-        "bytes_received": job.outcome.bytes_received,
-    } for job in jobs])
-
-
+        "bytes_received": job.outcome.bytes_received, "attempt": job.attempt,
+        "site_fault": site_faults.is_site_fault(job.outcome.status_id),
+    } for job in jobs if not job.outcome.fresh_skip]
+    if history:
+        model.Session.execute(sa.insert(ArchivalHistory.__table__), history)
 
 
 def mark_started(jobs: list[Job]) -> None:

@@ -13,7 +13,8 @@ from ckan import model
 from ckanext.archiver import status as st
 from ckanext.archiver.model import iso
 
-__all__ = ["status_counts", "oldest_unchecked", "per_hour", "oldest_check", "last_hour", "age"]
+__all__ = ["status_counts", "oldest_unchecked", "per_hour", "oldest_check", "last_hour", "age",
+           "site_faults"]
 
 _ACTIVE = """
     FROM resource r
@@ -58,8 +59,9 @@ def per_hour(hours: int, now: datetime.datetime) -> list[dict[str, Any]]:
     first = current - datetime.timedelta(hours=hours - 1)
     rows = model.Session.execute(sa.text("""
         SELECT date_trunc('hour', checked_at) AS hour, count(*) AS done,
-               count(*) FILTER (WHERE is_broken IS NOT FALSE) AS failed,
+               count(*) FILTER (WHERE is_broken IS NOT FALSE AND NOT site_fault) AS failed,
                count(*) FILTER (WHERE is_broken) AS broken,
+               count(*) FILTER (WHERE site_fault) AS site_faults,
                coalesce(sum(bytes_received), 0) AS bytes
         FROM archival_history
         WHERE checked_at >= :first AND checked_at <= :now
@@ -73,6 +75,7 @@ def per_hour(hours: int, now: datetime.datetime) -> list[dict[str, Any]]:
         out.append({"hour": hour.isoformat(), "done": int(row.done) if row else 0,
                     "failed": int(row.failed) if row else 0,
                     "broken": int(row.broken) if row else 0,
+                    "site_faults": int(row.site_faults) if row else 0,
                     "bytes": int(row.bytes) if row else 0})
     return out
 
@@ -84,10 +87,23 @@ def oldest_check() -> Optional[datetime.datetime]:
 
 
 def last_hour(now: datetime.datetime) -> dict[str, int]:
-    """Checks done and failed, and bytes downloaded, in the hour up to ``now``."""
+    """Checks done, failed and stopped by a site fault, and bytes
+    downloaded, in the hour up to ``now``."""
     last = model.Session.execute(sa.text("""
-        SELECT count(*) AS done, count(*) FILTER (WHERE is_broken IS NOT FALSE) AS failed,
+        SELECT count(*) AS done,
+               count(*) FILTER (WHERE is_broken IS NOT FALSE AND NOT site_fault) AS failed,
+               count(*) FILTER (WHERE site_fault) AS site_faults,
                coalesce(sum(bytes_received), 0) AS bytes
         FROM archival_history WHERE checked_at > :since AND checked_at <= :now
     """), {"since": now - datetime.timedelta(hours=1), "now": now}).one()
-    return {"done": int(last.done), "failed": int(last.failed), "bytes": int(last.bytes)}
+    return {"done": int(last.done), "failed": int(last.failed),
+            "site_faults": int(last.site_faults), "bytes": int(last.bytes)}
+
+
+def site_faults() -> int:
+    """Active resources whose last check met a fault of the site (archive
+    folder, disk, database, worker) since their last real check: the
+    operator's to fix, not the links'."""
+    return int(model.Session.execute(sa.text(
+        f"SELECT count(*) {_ACTIVE} AND a.site_fault_at IS NOT NULL "
+        "AND a.site_fault_at >= coalesce(a.last_checked, 'epoch')")).scalar())

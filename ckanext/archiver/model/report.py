@@ -23,12 +23,13 @@ __all__ = [
     "Viewer", "OrgSummary", "organization_summaries", "totals",
     "resource_rows", "count_resource_rows", "iter_resource_rows",
     "facets", "broken_trend", "SORTS", "SHOW_BROKEN", "SHOW_UNSURE",
-    "SHOW_WEB_PAGE",
+    "SHOW_WEB_PAGE", "SHOW_MOVED",
 ]
 
 SHOW_BROKEN = "broken"
 SHOW_UNSURE = "unsure"
 SHOW_WEB_PAGE = "webpage"
+SHOW_MOVED = "moved"  # works, but a permanent redirect points elsewhere
 
 # Sort keys of the organization page -> ORDER BY (ties broken by ids so that
 # pages never overlap).
@@ -175,6 +176,8 @@ def _show_clause(show: str, status_id: Optional[int]) -> str:
         return "a.is_broken IS NULL"
     if show == SHOW_WEB_PAGE:
         return "a.is_web_page AND a.is_broken IS FALSE"
+    if show == SHOW_MOVED:
+        return "a.moved_to IS NOT NULL AND a.is_broken IS FALSE"
     return "a.is_broken"
 
 
@@ -211,7 +214,8 @@ _ROW_COLUMNS = """
     coalesce(a.url, r.url) AS url, a.status_id, a.is_broken, a.reason,
     a.http_status, a.first_failure, a.last_success, a.failure_count,
     a.url_redirected_to, a.is_web_page, a.updated, a.cache_filepath,
-    a.cache_url, r.url_type
+    a.cache_url, r.url_type, a.moved_to,
+    coalesce(a.last_checked, a.updated) AS last_checked
 """
 
 
@@ -266,12 +270,12 @@ def facets(viewer: Viewer, org_id: OrgIds) -> list[sa.Row]:
     params: dict[str, Any] = {"org_ids": _org_ids(org_id)}
     sql = f"""
         SELECT a.status_id, a.is_broken, coalesce(a.is_web_page, false)
-                   AS is_web_page,
+                   AS is_web_page, a.moved_to IS NOT NULL AS moved,
                lower(coalesce(r.format, '')) AS format, count(*) AS n
         {_BASE}
         WHERE p.owner_org = ANY(:org_ids) AND {_CHECKED}
           AND {viewer.clause(params)}
-        GROUP BY 1, 2, 3, 4
+        GROUP BY 1, 2, 3, 4, 5
     """
     return list(model.Session.execute(sa.text(sql), params))
 

@@ -292,3 +292,43 @@ def test_editor_pages_in_chromium(live_server, browser, archive_dir):
         (By.CSS_SELECTOR, ".archiver-edit-status")))
     assert "Link broken" in status.text and "Server returned 404 Not Found" in status.text
     _screenshot(browser, "resource-edit.png")
+
+
+@pytest.mark.usefixtures("archiver_env")
+def test_pending_check_updates_the_page_by_itself(live_server, browser, httpserver):
+    """A resource waiting for its check says so; once a real worker has
+    checked it, the page shows the result without being reloaded."""
+    from celery.contrib.testing.worker import start_worker
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ckanext.archiver import config
+    from ckanext.archiver.tests.helpers import checked_row, wait_for
+    from ckanext.archiver.worker import app as worker_app
+
+    httpserver.expect_request("/soon.csv").respond_with_data("a,b\n", content_type="text/csv")
+    dataset = factories.Dataset(name="pending-demo")
+    res = factories.Resource(package_id=dataset["id"], name="Soon",
+                             url=httpserver.url_for("/soon.csv"))
+    browser.get(f"{live_server}/dataset/pending-demo/resource/{res['id']}")
+    section = browser.find_element(By.ID, "archiver-status")
+    assert section.get_attribute("data-archiver-pending") == "queued"
+    assert "Waiting to be checked (queued" in section.text
+    _screenshot(browser, "resource-pending.png")
+    browser.execute_script("window.archiverNotReloaded = true;")
+
+    app = worker_app.get_app()
+    app.amqp.queues.select([config.current().queue_name(n) for n in ("priority", "bulk")])
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
+                      shutdown_timeout=10, loglevel="WARNING"):
+        wait_for(lambda: checked_row(res["id"]))
+
+    def updated(driver):
+        text = driver.find_element(By.ID, "archiver-status").text
+        return "Link OK" in text and "Waiting to be checked" not in text
+
+    WebDriverWait(browser, 20).until(updated)
+    assert browser.execute_script("return window.archiverNotReloaded === true;")
+    section = browser.find_element(By.ID, "archiver-status")
+    assert section.get_attribute("data-archiver-pending") is None
+    _screenshot(browser, "resource-after-check.png")

@@ -45,8 +45,8 @@ def test_pot_is_current(tmp_path):
     assert fresh == committed, "run python setup.py extract_messages"
     assert "Server returned {status}" in committed      # Python (reasons.py)
     assert "Archived successfully" in committed         # status.py, N_()
-    assert ("Failing since %(since)s (%(count)s failed check)",
-            "Failing since %(since)s (%(count)s failed checks)") in committed
+    assert ("Failed %(count)s check in a row since %(since)s",
+            "Failed %(count)s checks in a row since %(since)s") in committed
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -165,9 +165,16 @@ def test_resource_page_plural_in_german(app, broken_site):
     login(app, None)
     body = app.get(f"/de/dataset/clinics/resource/{res['id']}").get_data(as_text=True)
     assert "Link defekt" in body
-    assert "(1 fehlgeschlagene Prüfung)" in body
+    assert "Einmaliger Fehler am" in body
     english = app.get(f"/dataset/clinics/resource/{res['id']}").get_data(as_text=True)
-    assert "(1 failed check)" in english and "Link broken" in english
+    assert "One-off failure on" in english and "Link broken" in english
+    from ckan import model
+
+    from ckanext.archiver.model import Archival
+    model.Session.query(Archival).filter_by(resource_id=res["id"]).update({"failure_count": 3})
+    model.Session.commit()
+    body = app.get(f"/de/dataset/clinics/resource/{res['id']}").get_data(as_text=True)
+    assert "3 Prüfungen in Folge fehlgeschlagen seit" in body
     assert re.search(r"\d{2}:\d{2} \(\w+\)", english)  # hours and time zone
 
 

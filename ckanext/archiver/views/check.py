@@ -54,8 +54,9 @@ def check_now(id: str):
         tk.h.flash_error(tk._("Checking links is not available on this site"))
     else:
         try:
+            # an explicit check always contacts the server (no freshness skip)
             result = action(context, {"id": resource_id or package.id,
-                                      "queue": "priority"})
+                                      "queue": "priority", "force": True})
         except tk.NotAuthorized:
             tk.abort(403, tk._("Not authorized to check this dataset"))
         except (tk.ValidationError, tk.ObjectNotFound) as e:

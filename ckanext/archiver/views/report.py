@@ -120,13 +120,13 @@ def _filters() -> dict[str, Any]:
     silent fall-back to another list)."""
     status = (request.args.get("status") or report.SHOW_BROKEN).strip()
     show, status_id = report.SHOW_BROKEN, None
-    if status in (report.SHOW_UNSURE, report.SHOW_WEB_PAGE):
+    if status in (report.SHOW_UNSURE, report.SHOW_WEB_PAGE, report.SHOW_MOVED):
         show = status
     elif status.isdigit() and int(status) in st.STATUSES:
         status_id = int(status)
     elif status != report.SHOW_BROKEN:
         tk.abort(400, tk._("Unknown status filter {value}: use broken, unsure, "
-                           "webpage or a status id ({ids})").format(
+                           "webpage, moved or a status id ({ids})").format(
             value=status[:40], ids=", ".join(str(i) for i in st.STATUSES)))
     sort = request.args.get("sort") or report.DEFAULT_SORT
     if sort not in report.SORTS:
@@ -241,15 +241,16 @@ def _status_options(facet_rows: Iterable[Any]) -> list[dict[str, Any]]:
     """Choices of the status filter, with counts: all broken, each status,
     not sure, web pages."""
     by_status: dict[int, int] = {}
-    broken = unsure = web = 0
+    broken = unsure = web = moved = 0
     for row in facet_rows:
         by_status[row.status_id] = by_status.get(row.status_id, 0) + row.n
         if row.is_broken:
             broken += row.n
         elif row.is_broken is None:
             unsure += row.n
-        elif row.is_web_page:
-            web += row.n
+        else:
+            web += row.n if row.is_web_page else 0
+            moved += row.n if row.moved else 0
     options = [{"value": report.SHOW_BROKEN, "count": broken,
                 "text": tk._("All broken links")}]
     for status_id in sorted(by_status):
@@ -259,6 +260,8 @@ def _status_options(facet_rows: Iterable[Any]) -> list[dict[str, Any]]:
                     "text": tk._("Not sure if broken")})
     options.append({"value": report.SHOW_WEB_PAGE, "count": web,
                     "text": tk._("Link goes to a web page, not a file")})
+    options.append({"value": report.SHOW_MOVED, "count": moved,
+                    "text": tk._("Link moved (permanent redirect): update it")})
     return options
 
 
@@ -273,6 +276,8 @@ def _format_options(facet_rows: Iterable[Any],
             return row.is_broken is None
         if f["show"] == report.SHOW_WEB_PAGE:
             return bool(row.is_web_page) and row.is_broken is False
+        if f["show"] == report.SHOW_MOVED:
+            return bool(row.moved) and row.is_broken is False
         return bool(row.is_broken)
 
     counts: dict[str, int] = {}
@@ -291,7 +296,7 @@ def _row_columns() -> list[str]:
             "resource_name", "resource_url", "format", "url", "status_id",
             "status", "is_broken", "reason", "http_status", "first_failure",
             "last_success", "failure_count", "url_redirected_to",
-            "is_web_page", "last_checked"]
+            "is_web_page", "last_checked", "moved_to"]
 
 
 def _row_record(row: Any, org_names: dict[str, str]) -> dict[str, Any]:
@@ -312,5 +317,6 @@ def _row_record(row: Any, org_names: dict[str, str]) -> dict[str, Any]:
         "last_success": iso(row.last_success, offset=True),
         "failure_count": row.failure_count,
         "url_redirected_to": row.url_redirected_to,
-        "is_web_page": row.is_web_page, "last_checked": iso(row.updated, offset=True),
+        "is_web_page": row.is_web_page, "last_checked": iso(row.last_checked, offset=True),
+        "moved_to": row.moved_to,
     }

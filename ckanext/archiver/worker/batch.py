@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -37,7 +36,7 @@ from ckan import model
 
 from ckanext.archiver import config, interfaces
 from ckanext.archiver import status as st
-from ckanext.archiver.engine import pool
+from ckanext.archiver.engine import pool, site_faults
 from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import checks
@@ -92,8 +91,14 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   wait_max: Optional[float] = None,
                   on_late: Optional[Callable[[BatchResult], None]] = None,
                   handed_off_at: Optional[str] = None, defer: bool = False,
-                  grant: Optional[Grant] = None) -> BatchResult:
+                  grant: Optional[Grant] = None,
+                  max_retries: Optional[int] = None) -> BatchResult:
     """Archive resources now, in this process.
+
+    ``max_retries`` (default: the ``max_retries`` option) caps the attempts
+    of a transient failure; ``attempt`` is this attempt's number (0: the
+    first of a check, which alone counts in ``failure_count``; a check that
+    waited for its host keeps the number it was queued with).
 
     With ``defer``, a resource whose host has no free slot is not waited
     for: it goes on its host's waiting list (``result.deferred``) and is
@@ -118,6 +123,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
             job.grant = grant
     todo = []
     for job in jobs:
+        job.attempt = attempt
         if not job.active:
             job.skip_reason = "resource deleted or missing"
         elif already_done(job, handed_off) or (not force and already_done(job, queued)):
@@ -143,7 +149,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     try:
         return _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
                                 force, attempt, polite, wait_max, on_late, handed_off,
-                                queued_at, defer, grant)
+                                queued_at, defer, grant, max_retries)
     finally:
         late_ids = {job.resource_id for job in result.late}
         claims.release([rid for rid in list(claims.held) if rid not in late_ids])
@@ -154,7 +160,8 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
                      force: bool, attempt: int, polite: bool, wait_max: Optional[float],
                      on_late: Optional[Callable[[BatchResult], None]],
                      handed_off: Optional[datetime.datetime], queued_at: Optional[str],
-                     defer: bool, grant: Optional[Grant]) -> BatchResult:
+                     defer: bool, grant: Optional[Grant],
+                     max_retries: Optional[int]) -> BatchResult:
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
     if grant is None:  # a check that waited for its host was marked when it was taken
@@ -171,9 +178,9 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
         store = storage(options)
         store.tmp_dir()
     except OSError as e:
-        detail = os.strerror(e.errno) if e.errno else type(e).__name__
-        reason = f"System error during archival: the archive folder is not usable ({detail})"
-        log.error("archive_dir %s: %s", options.archive_dir, e)
+        problem = site_faults.archive_dir_problem(options.archive_dir, e)
+        reason = f"System error during archival: {problem}"
+        log.error("%s: %s", problem, e)
         for job in todo:
             job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         result.recorded = todo
@@ -186,7 +193,8 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
         deferral = hosts.Deferral(hosts.hostqueue(options), queue_name, queued_at, force, attempt)
     run = Run(options, store, limiter(options) if polite and deferral is None else None, force,
               deferral, claims)
-    max_retries = options.max_retries
+    if max_retries is None:
+        max_retries = options.max_retries
     if len(todo) == 1:
         run_one(todo[0], run)
         done, late = todo, []

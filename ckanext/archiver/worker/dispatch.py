@@ -31,17 +31,23 @@ __all__ = ["QUEUES", "PENDING_TTL", "enqueue", "release", "requeue_lost", "lengt
 log = logging.getLogger(__name__)
 
 PENDING_TTL = 7 * 24 * 3600
+FORCED = ":force"  # suffix of the pending mark of a forced (explicit) check
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
 
-def _claim(items: Sequence[Item], queue_name: str, options: config.Options) -> list[Item]:
+def _claim(items: Sequence[Item], queue_name: str, options: config.Options,
+           force: bool = False) -> list[Item]:
     """Mark items pending; return those not already waiting (on priority:
-    also those waiting on bulk, which are raised)."""
+    also those waiting on bulk, which are raised, and, for a forced check,
+    those waiting for a check that is not forced: an explicit check always
+    contacts the server). The mark is the queue's name, with ``:force``
+    for a forced check."""
     r = keys.client(options)
+    mark = f"{queue_name}{FORCED}" if force else queue_name
     with r.pipeline(transaction=False) as pipe:
         for rid, _pid in items:
-            pipe.set(keys.pending(options, rid), queue_name, nx=True, ex=PENDING_TTL)
+            pipe.set(keys.pending(options, rid), mark, nx=True, ex=PENDING_TTL)
         claimed = pipe.execute()
     chosen = [item for item, ok in zip(items, claimed) if ok]
     if queue_name == "priority":
@@ -49,10 +55,25 @@ def _claim(items: Sequence[Item], queue_name: str, options: config.Options) -> l
         if waiting:
             with r.pipeline(transaction=False) as pipe:
                 for rid, _pid in waiting:
-                    pipe.getset(keys.pending(options, rid), "priority")
+                    pipe.getset(keys.pending(options, rid), mark)
                 before = pipe.execute()
-            chosen += [item for item, was in zip(waiting, before) if was != b"priority"]
+            forced = b"priority" + FORCED.encode()
+            taken = {forced} if force else {b"priority", forced}
+            chosen += [item for item, was in zip(waiting, before) if was not in taken]
+            kept = [rid for (rid, _pid), was in zip(waiting, before) if was == forced]
+            if kept and not force:  # a forced check still waits: keep its mark
+                with r.pipeline(transaction=False) as pipe:
+                    for rid in kept:
+                        pipe.set(keys.pending(options, rid), forced, xx=True, keepttl=True)
+                    pipe.execute()
     return chosen
+
+
+def queue_of_mark(mark: Optional[bytes]) -> Optional[str]:
+    """The queue a pending mark names (``priority:force`` -> ``priority``)."""
+    if not mark:
+        return None
+    return mark.decode("utf-8", "replace").split(":", 1)[0]
 
 
 def release(resource_ids: Iterable[str]) -> None:
@@ -92,7 +113,7 @@ def enqueue(items: Iterable[Item], queue_name: str = "bulk", force: bool = False
     if not unique:
         return 0
     options = config.current()
-    chosen = _claim(unique, queue_name, options)
+    chosen = _claim(unique, queue_name, options, force)
     if not chosen:
         return 0
     when = utcnow()
@@ -214,7 +235,8 @@ def needing_check(package_id: str) -> list[Item]:
         except redis.exceptions.RedisError:
             marks = []
         for rid, mark in zip(waiting, marks):
-            if (rid in edited and mark != b"priority") or (not edited and mark == b"bulk"):
+            name = queue_of_mark(mark)
+            if (rid in edited and name != "priority") or (not edited and name == "bulk"):
                 items.append((rid, package_id))
     return items
 

@@ -76,6 +76,7 @@ def numbers(with_workers: bool = True, hours: Optional[int] = None,
         "ok": sum(c["count"] for c in counts if c["is_broken"] is False),
         "broken": sum(c["count"] for c in counts if c["is_broken"]),
         "not_sure": sum(c["count"] for c in counts if c["is_broken"] is None),
+        "site_faults": figures.site_faults(),
     }
     oldest_check = figures.oldest_check()
     out["oldest_check"] = iso(oldest_check)
@@ -86,6 +87,7 @@ def numbers(with_workers: bool = True, hours: Optional[int] = None,
     out["per_hour"] = per_hour
     out["done"] = sum(h["done"] for h in per_hour)
     out["failed"] = sum(h["failed"] for h in per_hour)
+    out["site_faults"] = sum(h["site_faults"] for h in per_hour)
     out["bytes_downloaded"] = sum(h["bytes"] for h in per_hour)
     out["last_hour"] = figures.last_hour(now)
     return out
@@ -152,8 +154,16 @@ def prometheus_text(figures: Optional[dict[str, Any]] = None) -> str:
     w.metric("archiver_checks_last_hour", "gauge", "Checks recorded in the last hour.",
              [({}, last["done"])])
     w.metric("archiver_checks_failed_last_hour", "gauge",
-             "Checks in the last hour that found a broken link or could not tell.",
+             "Checks in the last hour that found a broken link or could not tell "
+             "(faults of the site not included).",
              [({}, last["failed"])])
+    w.metric("archiver_resources_site_fault", "gauge",
+             "Active resources whose last check met a fault of the site "
+             "(archive folder, disk, database, worker), not of the link.",
+             [({}, n["resources"]["site_faults"])])
+    w.metric("archiver_site_faults_last_hour", "gauge",
+             "Checks in the last hour stopped by a fault of the site.",
+             [({}, last["site_faults"])])
     w.metric("archiver_downloaded_bytes_last_hour", "gauge",
              "Bytes downloaded in the last hour.", [({}, last["bytes"])])
     unchecked = n["oldest_unchecked"]

@@ -168,7 +168,8 @@ def take_slot(job: Job, host: str, deferral: Deferral) -> Optional[Grant]:
     try:
         timeouts, grants = deferral.hq.submit(
             host, entry, priority=deferral.queue == "priority",
-            mark=(keys.pending(options, job.resource_id), deferral.queue))
+            mark=(keys.pending(options, job.resource_id),
+                  deferral.queue + (dispatch.FORCED if deferral.force else "")))
     except redis.exceptions.RedisError:
         job.retry = True
         job.outcome = Outcome(status_id=st.DOWNLOAD_FAILURE, url=job.url or "",

@@ -22,6 +22,7 @@ from ckan.lib import uploader
 
 from ckanext.archiver import config, urls
 from ckanext.archiver import status as st
+from ckanext.archiver.engine import site_faults
 from ckanext.archiver.engine.attempt import PASS_THROUGH, fetch
 from ckanext.archiver.engine.hashing import hash_file
 from ckanext.archiver.engine.outcome import Outcome
@@ -170,8 +171,10 @@ def run_one(job: Job, run: Run) -> None:
         outcome.staged = None
         if tmp_path or upload is not None:  # a new copy: staged until its row commits
             if not run.store.has_room(outcome.size or 0, on_disk=True):
-                outcome.status_id = st.CHOSE_NOT_TO_DOWNLOAD
-                outcome.reason = "Chose not to download: archive full"
+                # the site's quota, not the link: a site fault (verdict kept)
+                outcome.status_id = st.SYSTEM_ERROR
+                outcome.reason = ("System error during archival: " + site_faults.quota_full(
+                    run.options.archive_dir, run.store.max_archive_bytes))
                 return
             filename = outcome.filename or "resource"
             job.staged = run.store.stage(job.resource_id, upload or tmp_path, filename)
@@ -188,9 +191,8 @@ def run_one(job: Job, run: Run) -> None:
         if type(e).__name__ in PASS_THROUGH:  # the worker's time limits
             raise
         log.exception("Archiving resource %s failed", job.resource_id)
-        reason = f"System error during archival: {type(e).__name__}"
-        if isinstance(e, OSError) and e.errno is not None:
-            reason += f" ({os.strerror(e.errno)})"
+        reason = "System error during archival: " + site_faults.os_error_reason(
+            e, run.options.archive_dir)
         job.outcome = Outcome(status_id=st.SYSTEM_ERROR, url=job.url or "", reason=reason)
         discard_file(job, run.store)
     finally:

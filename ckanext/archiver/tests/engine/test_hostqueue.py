@@ -74,6 +74,24 @@ def test_the_waiting_mark_is_set_only_while_waiting(queue_for):
     assert client.get(marks[2]) == b"priority", "never lowered"
 
 
+def test_a_forced_checks_mark_is_never_lowered_and_raises_priority(queue_for):
+    """A forced check waiting for its host keeps ``priority:force`` (so a
+    second "Check link now" is not queued twice), and a routine check never
+    takes a forced one's mark (issue 13's pending marks)."""
+    hq = queue_for(max_concurrent=1)
+    client = hq.client
+    marks = [f"{hq.prefix}:pending:{k}" for k in range(3)]
+    hq.submit("example.org", "busy")  # takes the only slot
+    client.set(marks[0], "priority:force")
+    client.set(marks[1], "priority")
+    hq.submit("example.org", "0", mark=(marks[0], "bulk"))
+    hq.submit("example.org", "1", mark=(marks[1], "priority:force"))
+    hq.submit("example.org", "2", mark=(marks[2], "bulk:force"))
+    assert client.get(marks[0]) == b"priority:force", "never lowered"
+    assert client.get(marks[1]) == b"priority:force", "a forced check raises it"
+    assert client.get(marks[2]) == b"bulk:force"
+
+
 def test_grants_are_spaced_by_the_pace(queue_for):
     hq = queue_for(max_concurrent=3, start_interval=0.2)
     waits = [hq.submit("example.org", name)[1][0].wait for name in "abc"]

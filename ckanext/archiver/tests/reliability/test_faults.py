@@ -426,7 +426,8 @@ def test_database_outage_through_all_retries_then_archived(worker_factory, raw_s
 
 def test_quota_full_chooses_not_to_download_and_keeps_files(raw_server, archive_dir,
                                                             ckan_config, monkeypatch):
-    """``max_archive_bytes`` reached: status 21 "archive full", the files
+    """``max_archive_bytes`` reached: a site fault (the link keeps its
+    verdict, the cause is in ``site_fault``), the files
     already kept (another resource's, and this resource's previous copy)
     are left exactly as they were, nothing stays in ``.tmp``."""
     bodies = {"/kept": b"k" * 1000, "/grows": b"g" * 100}
@@ -444,9 +445,8 @@ def test_quota_full_chooses_not_to_download_and_keeps_files(raw_server, archive_
     bodies["/grows"] = b"G" * 1000  # would make 2000 bytes
     batch.archive_batch([grows["id"]])
     row = _row(grows["id"])
-    assert row.status_id == st.CHOSE_NOT_TO_DOWNLOAD
-    assert row.status == "Chose not to download"
-    assert "archive full" in row.reason and row.is_broken is None
+    assert (row.status_id, row.is_broken) == (st.ARCHIVED, False)
+    assert "is full (max_archive_bytes 1500 reached)" in row.site_fault
     assert open(row.cache_filepath, "rb").read() == b"g" * 100  # the last good copy
     after = {p: (archive_dir / p).stat() for p in _files(archive_dir)}
     assert {p: (s.st_size, s.st_mtime_ns) for p, s in after.items()} == {
@@ -501,8 +501,11 @@ def test_filesystem_really_full(raw_server, archive_dir, small_tmpfs):
     row = _row(big["id"])
     assert row.status_id in (st.CHOSE_NOT_TO_DOWNLOAD, st.SYSTEM_ERROR), row.reason
     assert row.is_broken is None
-    assert re.search(r"No space left on device|archive full", row.reason), row.reason
-    assert str(archive_dir) not in row.reason and "Traceback" not in row.reason
+    # a full disk is a fault of the site: its cause is in site_fault (for
+    # sysadmins), the public reason says no more than "system error"
+    cause = row.site_fault if row.status_id == st.SYSTEM_ERROR else row.reason
+    assert re.search(r"No space left on device|archive full", cause), cause
+    assert str(archive_dir) not in row.reason and "Traceback" not in cause
     assert _files(archive_dir) == kept
     assert (archive_dir / kept[0]).read_bytes() == b"s" * 1000
     assert _tmp_files(archive_dir) == []
@@ -537,8 +540,11 @@ def test_read_only_archive_dir_records_system_error(raw_server, archive_dir, sma
     row = _row(res["id"])
     assert [j.resource_id for j in result.recorded] == [res["id"]]
     assert row.status_id == st.SYSTEM_ERROR and row.is_broken is None
-    assert "Read-only file system" in row.reason, row.reason
+    # public: no path, no detail; sysadmins: the folder and the cause
     _assert_clean_reason(row.reason, archive_dir)
+    assert row.site_fault == (f"System error during archival: archive_dir {archive_dir} "
+                              "is not writable (Read-only file system)"), row.site_fault
+    assert "Traceback" not in row.site_fault
 
 
 def test_uncreatable_archive_dir_records_system_error(raw_server, tmp_path, ckan_config,
@@ -551,6 +557,8 @@ def test_uncreatable_archive_dir_records_system_error(raw_server, tmp_path, ckan
     row = _row(res["id"])
     assert row.status_id == st.SYSTEM_ERROR and row.is_broken is None
     _assert_clean_reason(row.reason, tmp_path)
+    assert row.site_fault == (f"System error during archival: archive_dir {blocker}/archive "
+                              f"cannot be created: {blocker} is not a directory")
 
 
 def _ckan_worker(ini):

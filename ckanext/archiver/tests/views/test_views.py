@@ -362,7 +362,7 @@ def test_resource_page_shows_status_and_cached_copy(app, cached):
                    ).get_data(as_text=True)
     assert "Link broken" in body
     assert "Server returned 404 Not Found" in body
-    assert "Failing since" in body and "(5 failed checks)" in body
+    assert "Failed 5 checks in a row since" in body
     assert "Download cached copy" in body
     assert _copy_url(site.public, site.broken) in body
     assert "cached before the link broke" in body
@@ -372,9 +372,10 @@ def test_resource_page_shows_status_and_cached_copy(app, cached):
 def test_resource_page_ok_and_unchecked_and_dataset_badge(app, site):
     body = app.get(f"/dataset/clinics/resource/{site.web['id']}"
                    ).get_data(as_text=True)
-    assert "Link OK" in body
-    assert "Link goes to a web page, not a file" in body
-    assert "Failing since" not in body
+    # a web page where a file was promised: a warning, not "Link OK"
+    assert "Link works, but goes to a web page, not a file" in body
+    assert "Link OK" not in body and "archiver-status-warning" in body
+    assert "in a row since" not in body and "One-off failure" not in body
     unchecked = factories.Resource(package_id=site.other["id"])
     body = app.get(f"/dataset/{site.other['name']}/resource/{unchecked['id']}"
                    ).get_data(as_text=True)
@@ -428,14 +429,14 @@ def test_check_now_queues_and_redirects(app, site, fake_update):
     assert res.status_code == 302
     assert res.headers["Location"].endswith(
         f"/dataset/clinics/resource/{site.broken['id']}")
-    assert fake_update == [{"id": site.broken["id"], "queue": "priority"}]
+    assert fake_update == [{"id": site.broken["id"], "queue": "priority", "force": True}]
     body = app.get(res.headers["Location"]).get_data(as_text=True)
     assert "Queued for checking" in body
 
     res = app.post("/dataset/clinics/archiver/check",
                    data={"_csrf_token": _csrf_token(body)})
     assert res.status_code == 200  # followed to the dataset page
-    assert fake_update[-1] == {"id": site.public["id"], "queue": "priority"}
+    assert fake_update[-1] == {"id": site.public["id"], "queue": "priority", "force": True}
 
 
 def test_check_now_needs_csrf_and_edit_rights(app, site, fake_update):

@@ -148,8 +148,10 @@ def test_quota_full_keeps_existing_files(httpserver, archive_dir, ckan_config, m
     big = factories.Resource(url=httpserver.url_for("/big"))
     batch.archive_batch([big["id"]])
     row = _row(big["id"])
-    assert row.status_id == st.CHOSE_NOT_TO_DOWNLOAD and "archive full" in row.reason
-    assert row.is_broken is None
+    # the quota is the site's: a site fault (first check: "system error")
+    assert row.status_id == st.SYSTEM_ERROR and row.is_broken is None
+    assert row.site_fault == (f"System error during archival: archive_dir {archive_dir} "
+                              "is full (max_archive_bytes 1000 reached)")
     assert _files(archive_dir) == [f"{small['id'][:2]}/{small['id']}/small"]
     assert os.listdir(archive_dir / ".tmp") == []
 

@@ -118,9 +118,13 @@ def test_a_row_the_database_refuses_is_a_system_error(raw_server, monkeypatch, e
 
     assert [_row(r["id"]).status_id for r in (res[0], res[2])] == [st.ARCHIVED, st.ARCHIVED]
     row = _row(res[1]["id"])
+    # never checked before: "system error" in public, the cause for sysadmins
     assert row.status_id == st.SYSTEM_ERROR and row.is_broken is None
-    assert row.reason == ("System error during archival: the result could not be saved "
-                          "(NumericValueOutOfRange: integer out of range)")
+    assert row.reason == "System error during archival"
+    assert row.site_fault == ("System error during archival: the result could not be saved "
+                              "(NumericValueOutOfRange: integer out of range)")
+    assert row.site_fault_at is not None and row.last_checked is None
+    assert row.failure_count == 0  # the site's fault, not the link's
     assert row.cache_filepath is None  # its new file is not kept
     assert model.Session.query(ArchivalHistory).count() == 3
     assert len([op for op, _p in events if op == "archived"]) == 3
@@ -176,7 +180,7 @@ def test_files_follow_rows_on_a_failed_commit(raw_server, archive_dir, monkeypat
     res = factories.Resource(url=raw_server.route("/data", handler))
     batch.archive_batch([res["id"]])
     before = _row(res["id"])
-    old_path, old_sha256 = before.cache_filepath, before.sha256
+    old_path, old_sha256, old_checked = before.cache_filepath, before.sha256, before.last_checked
     assert open(old_path, "rb").read() == b"old"
 
     content.update(body=b"new content", name="data.csv" if same_name else "other.csv")
@@ -185,8 +189,12 @@ def test_files_follow_rows_on_a_failed_commit(raw_server, archive_dir, monkeypat
     batch.archive_batch([res["id"]], force=True)
 
     row = _row(res["id"])
+    # a fault of the site: the link keeps its verdict and the cached copy
+    # of the last success
     assert (row.status_id, row.cache_filepath, row.sha256) == (
-        st.SYSTEM_ERROR, old_path, old_sha256)  # still the cached copy of the last success
+        st.ARCHIVED, old_path, old_sha256)
+    assert "could not be saved" in row.site_fault and row.failure_count == 0
+    assert row.last_checked == old_checked
     assert open(old_path, "rb").read() == b"old"  # the file it names is still there
     assert _files(archive_dir) == [f"{res['id'][:2]}/{res['id']}/data.csv"]
 

@@ -65,7 +65,7 @@ def test_numbers(known):
     n = figures.numbers(with_workers=False, now=NOW)
     assert n["queues"] == {"priority": 0, "bulk": 0}
     assert n["resources"] == {"total": 5, "never_checked": 1, "ok": 2, "broken": 1,
-                              "not_sure": 1}
+                              "not_sure": 1, "site_faults": 0}
     assert [(c["status_id"], c["count"]) for c in n["status_counts"]] == [
         (0, 1), (1, 1), (12, 1), (23, 1)]
     assert n["status_counts"][2]["status"] == "Download error"
@@ -77,7 +77,7 @@ def test_numbers(known):
     assert {k: hour_before[k] for k in ("done", "failed", "broken", "bytes")} == {
         "done": 2, "failed": 1, "broken": 0, "bytes": 500}
     assert (n["done"], n["failed"], n["bytes_downloaded"]) == (4, 2, 1500)
-    assert n["last_hour"] == {"done": 2, "failed": 1, "bytes": 1000}
+    assert n["last_hour"] == {"done": 2, "failed": 1, "site_faults": 0, "bytes": 1000}
     never = known["resources"][4]
     assert n["oldest_unchecked"]["resource_id"] == never["id"]
     assert n["oldest_check"] == (NOW - 100 * MIN).isoformat()

@@ -68,8 +68,9 @@ def test_fresh_row_with_its_file_needs_no_slot_and_no_request(httpserver, busy_h
     busy_host(res["url"])
     batch.archive_batch([res["id"]], polite=True)
     row = archival_row(res["id"])
-    assert row.status_id == st.UNCHANGED
-    assert row.reason.startswith("Still fresh until")
+    # a freshness skip is recorded as a skip: the verdict of the last real
+    # check stays (issue 13)
+    assert row.status_id == st.ARCHIVED and row.fresh_skip_at is not None
     assert httpserver.log == []
 
 
