@@ -27,7 +27,8 @@ LAYERS = [
     # the older archiver's names for ckanext-qa and ckanext-report
     ("compat", lambda m: m.startswith(f"{P}.compat")),
     ("top", lambda m: m.startswith((f"{P}.views", f"{P}.testing")) or m in {
-        f"{P}.cli", f"{P}.clitools", f"{P}.plugin", f"{P}.helpers", f"{P}.logfilter", P}),
+        f"{P}.cli", f"{P}.cli_storage", f"{P}.clitools", f"{P}.plugin", f"{P}.helpers",
+        f"{P}.logfilter", P}),
 ]
 # Old import paths: thin re-exports that nothing in the package may import
 # (``lib``: the older archiver's module, for ckanext-qa).
