@@ -25,7 +25,7 @@ from ckan.tests import factories
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as s
 
-from ckanext.archiver import config
+from ckanext.archiver import config, keys
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory
 from ckanext.archiver.tests.helpers import forget_hosts, wait_for
@@ -233,6 +233,9 @@ def test_hostile_bytes_through_a_celery_worker(whole_batches, batch, archive_dir
     ids, sent = batch
     bulk = config.current().queue_name("bulk")
     done = [model.Session.query(ArchivalHistory).count()]
+    options = config.current()
+    redis_client = keys.client(options)
+    claims = [keys.running(options, rid) for rid in ids]
 
     @SETTINGS
     @given(responses())
@@ -243,6 +246,11 @@ def test_hostile_bytes_through_a_celery_worker(whole_batches, batch, archive_dir
         tasks.archive_resources.apply_async(args=[ids], kwargs={"force": True}, queue=bulk)
         expected = done[-1] + len(ids)
         wait_for(lambda: _history() >= expected, timeout=30, interval=0.02)
+        # and the task is over: its claims are released after its rows are
+        # written; a next example's task that found them held would send its
+        # batch again a second later (an extra batch of history rows)
+        wait_for(lambda: not any(redis_client.exists(claim) for claim in claims),
+                 timeout=30, interval=0.02)
         _check(ids, archive_dir, ids[1])
         done.append(_history())
         assert done[-1] == expected
