@@ -21,20 +21,19 @@ import errno
 import os
 import re
 import shutil
-import threading
 import time
 import unicodedata
 from typing import Callable, Iterator, Optional, Union
 from urllib.parse import quote
 
 from ckanext.archiver.engine.files import fsync_dir, fsync_file, inside
+from ckanext.archiver.engine.quota import UsedBytes
 
 __all__ = ["Staged", "Storage", "clean_filename", "sanitise_filename"]
 
 TMP_DIRNAME = ".tmp"
 PREVIOUS_SUFFIX = ".previous"
 STALE_TMP_SECONDS = 3600
-_USED_BYTES_TTL = 60.0
 
 _FORBIDDEN_CHARS = re.compile(r'[<>:"/\\|?*]')
 _RESOURCE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
@@ -85,7 +84,7 @@ class Staged:
     backup: Optional[str] = None  # the previous file of the same name, kept aside
 
 
-class Storage:
+class Storage(UsedBytes):
     """The archive directory.
 
     :param archive_dir: where files are kept (created if missing).
@@ -101,10 +100,7 @@ class Storage:
         os.makedirs(archive_dir, exist_ok=True)
         self.archive_dir = os.path.realpath(archive_dir)
         self.cache_url_root = cache_url_root
-        self.max_archive_bytes = max_archive_bytes or 0
-        self._lock = threading.Lock()
-        self._used: Optional[int] = None
-        self._used_at = 0.0
+        self._init_used(max_archive_bytes)
 
     # -- paths -----------------------------------------------------------
 
@@ -235,19 +231,11 @@ class Storage:
 
     # -- quota -----------------------------------------------------------
 
-    def used_bytes(self, refresh: bool = False) -> int:
+    def _count_used(self) -> int:
         """Bytes kept by the archive, downloads in progress (``.tmp``) not
-        counted (cached for a minute; adjusted by this instance's own stores
-        and removals)."""
-        with self._lock:
-            fresh = time.monotonic() - self._used_at < _USED_BYTES_TTL
-            if self._used is not None and fresh and not refresh:
-                return self._used
-        used = sum(_tree_size(e.path) if e.is_dir(follow_symlinks=False) else _size(e)
+        counted (the quota's count: ``engine.quota``)."""
+        return sum(_tree_size(e.path) if e.is_dir(follow_symlinks=False) else _size(e)
                    for e in _scandir(self.archive_dir) if e.name != TMP_DIRNAME)
-        with self._lock:
-            self._used, self._used_at = used, time.monotonic()
-        return used
 
     def has_room(self, nbytes: int, on_disk: bool = False) -> bool:
         """Whether ``nbytes`` more fit in the quota and on the disk.
@@ -256,14 +244,7 @@ class Storage:
         nbytes = max(int(nbytes or 0), 0)
         if not on_disk and shutil.disk_usage(self.archive_dir).free <= nbytes:
             return False
-        if self.max_archive_bytes and self.used_bytes() + nbytes > self.max_archive_bytes:
-            return False
-        return True
-
-    def _adjust_used(self, delta: int) -> None:
-        with self._lock:
-            if self._used is not None:
-                self._used = max(self._used + delta, 0)
+        return self.within_quota(nbytes)
 
     # -- housekeeping ----------------------------------------------------
 

@@ -26,7 +26,6 @@ import datetime
 import os
 import secrets
 import tempfile
-import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -34,6 +33,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from ckanext.archiver.engine.quota import UsedBytes
 from ckanext.archiver.engine.s3_upload import S3Upload, check_key, describe_error, resource_of
 from ckanext.archiver.engine.sink import StoreError
 from ckanext.archiver.engine.storage import Staged, sanitise_filename
@@ -43,10 +43,9 @@ __all__ = ["S3Store", "S3Upload", "StoreError", "MIN_PART_SIZE", "check_key", "r
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's own minimum for every part but the last
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 STALE_UPLOAD_SECONDS = 3600
-_USED_BYTES_TTL = 60.0
 
 
-class S3Store:
+class S3Store(UsedBytes):
     """The bucket (under ``prefix``) holding the archived files.
 
     :param used_bytes: returns the bytes the archive keeps (from the
@@ -70,12 +69,9 @@ class S3Store:
         self.prefix = prefix + "/" if prefix else ""
         self.part_size = max(int(part_size or DEFAULT_PART_SIZE), MIN_PART_SIZE)
         self.presign_seconds = max(int(presign_seconds or 300), 1)
-        self.max_archive_bytes = max_archive_bytes or 0
         self.cache_url_root = None  # never: copies are served through presigned URLs
         self._used_source = used_bytes
-        self._lock = threading.Lock()
-        self._used: Optional[int] = None
-        self._used_at = 0.0
+        self._init_used(max_archive_bytes)
         if client is None:
             config = botocore.config.Config(
                 signature_version="s3v4",
@@ -256,28 +252,14 @@ class S3Store:
 
     # -- quota -----------------------------------------------------------
 
-    def used_bytes(self, refresh: bool = False) -> int:
-        with self._lock:
-            fresh = time.monotonic() - self._used_at < _USED_BYTES_TTL
-            if self._used is not None and fresh and not refresh:
-                return self._used
-        used = int(self._used_source() or 0) if self._used_source else 0
-        with self._lock:
-            self._used, self._used_at = used, time.monotonic()
-        return used
+    def _count_used(self) -> int:
+        """The rows' bytes (``used_bytes`` of the constructor), 0 without."""
+        return int(self._used_source() or 0) if self._used_source else 0
 
     def has_room(self, nbytes: int, on_disk: bool = False) -> bool:
         """Whether ``nbytes`` more fit in the quota (a bucket has no disk to
         fill; ``on_disk`` is accepted for the local store's signature)."""
-        nbytes = max(int(nbytes or 0), 0)
-        if self.max_archive_bytes and self.used_bytes() + nbytes > self.max_archive_bytes:
-            return False
-        return True
-
-    def _adjust_used(self, delta: int) -> None:
-        with self._lock:
-            if self._used is not None:
-                self._used = max(self._used + delta, 0)
+        return self.within_quota(nbytes)
 
     # -- housekeeping ----------------------------------------------------
 
