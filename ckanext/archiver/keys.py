@@ -25,7 +25,8 @@ from ckanext.archiver.config import Options
 from ckanext.archiver.engine import pool
 
 __all__ = ["REDIS_CONNECTIONS", "client", "pending", "pending_pattern", "deliveries",
-           "hosts_prefix", "host_pattern", "package_pending", "package_request", "running"]
+           "hosts_prefix", "host_pattern", "package_pending", "package_request", "package_lock",
+           "running"]
 
 _clients: dict[str, redis.Redis] = {}
 
@@ -77,6 +78,11 @@ def package_pending(options: Options, package_id: str) -> str:
 
 def package_request(options: Options, package_id: str, user_id: str) -> str:
     return f"{options.redis_prefix}:package-request:{package_id}:{user_id}"
+
+
+def package_lock(options: Options, package_id: str) -> str:
+    """One builder of a dataset's zip at a time, on any host (S3 mode)."""
+    return f"{options.redis_prefix}:package-lock:{package_id}"
 
 
 def running(options: Options, resource_id: str) -> str:

@@ -12,9 +12,11 @@ import botocore.exceptions
 
 from ckanext.archiver.engine.sink import StoreError
 
-__all__ = ["S3Upload", "check_key", "resource_of", "describe_error"]
+__all__ = ["S3Upload", "check_key", "check_object_key", "resource_of", "package_of",
+           "describe_error", "PACKAGES"]
 
 _RESOURCE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+PACKAGES = "packages"  # dataset zips: packages/<package_id>/... (engine.zipper_s3)
 
 
 def describe_error(action: str, e: BaseException) -> str:
@@ -43,6 +45,26 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_object_key(key: str) -> str:
+    """``key`` when it names an object this archive writes: a resource's
+    copy (:func:`check_key`) or a dataset zip's object
+    (``packages/<package_id>/...``); :class:`ValueError` otherwise."""
+    if package_of(key) is not None:
+        return key
+    return check_key(key)
+
+
+def package_of(key: str) -> Optional[str]:
+    """The dataset id of a dataset zip's key, None for any other key."""
+    if not isinstance(key, str) or "\\" in key or any(ord(c) < 32 for c in key):
+        return None
+    parts = key.split("/")
+    if (len(parts) < 3 or parts[0] != PACKAGES or not _RESOURCE_ID.match(parts[1])
+            or any(p in ("", ".", "..") for p in parts)):
+        return None
+    return parts[1]
+
+
 def resource_of(key: str) -> Optional[str]:
     """The resource id a key belongs to, None for a foreign key."""
     try:
@@ -59,7 +81,7 @@ class S3Upload:
 
     def __init__(self, store: Any, key: str):  # store: engine.store_s3.S3Store
         self.store = store
-        self.key = check_key(key)
+        self.key = check_object_key(key)
         self.name = store.object_name(key)
         self.size = 0
         self.parts: list[dict] = []

@@ -34,7 +34,14 @@ import botocore.config
 import botocore.exceptions
 
 from ckanext.archiver.engine.quota import UsedBytes
-from ckanext.archiver.engine.s3_upload import S3Upload, check_key, describe_error, resource_of
+from ckanext.archiver.engine.s3_upload import (
+    S3Upload,
+    check_key,
+    check_object_key,
+    describe_error,
+    package_of,
+    resource_of,
+)
 from ckanext.archiver.engine.sink import StoreError
 from ckanext.archiver.engine.storage import Staged, sanitise_filename
 
@@ -103,7 +110,7 @@ class S3Store(UsedBytes):
         return None
 
     def object_name(self, key: str) -> str:
-        return self.prefix + check_key(key)
+        return self.prefix + check_object_key(key)
 
     def tmp_dir(self) -> str:
         """A local folder for the rare caller that needs one (nothing of the
@@ -153,7 +160,7 @@ class S3Store(UsedBytes):
             if key != staged.path:
                 doomed.append(key)
                 freed += size
-        self._delete_many(doomed)
+        self.delete_many(doomed)
         self._adjust_used(-freed)
 
     def discard(self, staged: Staged) -> None:
@@ -176,11 +183,11 @@ class S3Store(UsedBytes):
         for key, size, _ in self.objects(f"{resource_id[:2]}/{resource_id}/"):
             keys.append(key)
             freed += size
-        self._delete_many(keys)
+        self.delete_many(keys)
         self._adjust_used(-freed)
         return freed
 
-    def _delete_many(self, keys: list[str]) -> None:
+    def delete_many(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self.prefix + k} for k in keys[start:start + 1000]]
             try:
@@ -204,6 +211,22 @@ class S3Store(UsedBytes):
             raise StoreError(describe_error("Reading from the store failed", e)) from None
         return {"size": r["ContentLength"], "metadata": r.get("Metadata") or {},
                 "last_modified": r.get("LastModified")}
+
+    def read_bytes(self, key: str, limit: int = 1 << 20) -> Optional[bytes]:
+        """The object's first ``limit`` bytes (a small record), None when
+        there is no such object."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.object_name(key))["Body"]
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise StoreError(describe_error("Reading from the store failed", e)) from None
+        except botocore.exceptions.BotoCoreError as e:
+            raise StoreError(describe_error("Reading from the store failed", e)) from None
+        try:
+            return body.read(limit)
+        finally:
+            body.close()
 
     def open(self, key: str, byte_range: Optional[tuple[int, int]] = None) -> Any:
         """A streamed body (``read(n)``, ``iter_chunks()``, ``close()``)."""
@@ -288,9 +311,11 @@ class S3Store(UsedBytes):
                 continue
             doomed.append(key)
             freed += size
-        stale = [(k, u) for k, u, started in self.unfinished_uploads() if started < cutoff]
+        # a dataset zip's upload may run for hours: engine.zipper_s3.clean's
+        stale = [(k, u) for k, u, started in self.unfinished_uploads()
+                 if started < cutoff and package_of(k) is None]
         if not dry_run:
-            self._delete_many(doomed)
+            self.delete_many(doomed)
             for key, upload_id in stale:
                 self._abort(key, upload_id)
             self._adjust_used(-freed)

@@ -33,7 +33,7 @@ from ckanext.archiver.engine.files import fsync_dir, inside, write_atomic
 from ckanext.archiver.engine.storage import Storage, sanitise_filename
 
 __all__ = ["DatasetZip", "Member", "current", "package_dir", "locked", "write_meta",
-           "write_zip", "mtime_iso"]
+           "write_zip", "write_members", "mtime_iso", "valid_package_id"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetZip:
-    """A built package on disk."""
+    """A built package (on disk, or in the object store: ``engine.zipper_s3``)."""
 
     package_id: str
     path: str
@@ -78,6 +78,7 @@ class DatasetZip:
     members: int
     built_at: str
     consistent: bool  # package.json describes this very zip file
+    key: Optional[str] = None  # S3 mode: the zip's key in the store (path: its s3:// URL)
 
     @property
     def filename(self) -> str:
@@ -140,28 +141,41 @@ def _add_file(zf: zipfile.ZipFile, member: Member, level: int) -> str:
     return digest.hexdigest()
 
 
-def write_zip(members: Sequence[Member], manifest: Callable[[dict[str, str]], bytes],
-              tmp_dir: str, dest: str, compresslevel: int = 0) -> dict[str, str]:
+def write_members(raw: Any, members: Sequence[Member],
+                  manifest: Callable[[dict[str, str]], bytes],
+                  compresslevel: int = 0) -> dict[str, str]:
     """Write the zip of ``members`` plus ``datapackage.json`` (``manifest``
-    is called with ``{resource_id: sha256}`` of the bytes read) to a temp
-    file in ``tmp_dir``, then move it to ``dest`` atomically.
+    is called with ``{resource_id: sha256}`` of the bytes read) into the
+    binary file ``raw``: a temp file, or a stream that can only be written
+    (``engine.zipper_s3``: zipfile then writes data descriptors).
 
     :returns: the sha256 of each member, by resource id.
     """
     level = min(max(int(compresslevel or 0), 0), 9)
-    fd, tmp = tempfile.mkstemp(prefix="package-", suffix=".zip.part", dir=tmp_dir)
     hashes: dict[str, str] = {}
+    with zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
+        for member in members:
+            hashes[member.resource_id] = _add_file(zf, member, level)
+            recorded = member.sha256
+            if recorded and recorded != hashes[member.resource_id]:
+                log.warning("Archived file of resource %s changed while it was "
+                            "zipped (sha256 %s, recorded %s)", member.resource_id,
+                            hashes[member.resource_id], recorded)
+        zf.writestr(_zipinfo(MANIFEST_NAME, time.time(), 6), manifest(hashes))
+    return hashes
+
+
+def write_zip(members: Sequence[Member], manifest: Callable[[dict[str, str]], bytes],
+              tmp_dir: str, dest: str, compresslevel: int = 0) -> dict[str, str]:
+    """:func:`write_members` into a temp file in ``tmp_dir``, fsync'ed, then
+    moved to ``dest`` atomically.
+
+    :returns: the sha256 of each member, by resource id.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="package-", suffix=".zip.part", dir=tmp_dir)
     try:
         with os.fdopen(fd, "w+b") as raw:
-            with zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
-                for member in members:
-                    hashes[member.resource_id] = _add_file(zf, member, level)
-                    recorded = member.sha256
-                    if recorded and recorded != hashes[member.resource_id]:
-                        log.warning("Archived file of resource %s changed while it was "
-                                    "zipped (sha256 %s, recorded %s)", member.resource_id,
-                                    hashes[member.resource_id], recorded)
-                zf.writestr(_zipinfo(MANIFEST_NAME, time.time(), 6), manifest(hashes))
+            hashes = write_members(raw, members, manifest, compresslevel)
             raw.flush()
             os.fsync(raw.fileno())
         os.chmod(tmp, 0o644)
@@ -174,11 +188,17 @@ def write_zip(members: Sequence[Member], manifest: Callable[[dict[str, str]], by
     return hashes
 
 
+def valid_package_id(package_id: str) -> str:
+    """``package_id`` when it is a plain name; :class:`ValueError` otherwise."""
+    if not isinstance(package_id, str) or not _ID.match(package_id):
+        raise ValueError(f"Not a valid dataset id for the archive: {package_id!r}")
+    return package_id
+
+
 def package_dir(store: Storage, package_id: str) -> str:
     """``<archive_dir>/packages/<package_id>``; refuses an id that is not a
     plain name or a folder that resolves outside the archive."""
-    if not isinstance(package_id, str) or not _ID.match(package_id):
-        raise ValueError(f"Not a valid dataset id for the archive: {package_id!r}")
+    valid_package_id(package_id)
     path = os.path.join(store.archive_dir, PACKAGES_DIRNAME, package_id)
     real = os.path.realpath(path)
     if real != path or not inside(real, store.archive_dir):

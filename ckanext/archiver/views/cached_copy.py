@@ -12,15 +12,14 @@ from typing import Optional
 
 import ckan.plugins.toolkit as tk
 from ckan import model
-from flask import Response, redirect, request
+from flask import Response, request
 
 from ckanext.archiver import config
 from ckanext.archiver.engine.files import inside
-from ckanext.archiver.engine.sink import StoreError
 from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model import Archival, active_dataset
 from ckanext.archiver.views.common import (
-    content_disposition,
+    redirect_to_object,
     request_context,
     require_access,
     serve_archive_file,
@@ -80,17 +79,8 @@ def cached_copy(id: str, resource_id: str, filename: str):
 
 
 def _redirect_to_store(key: str, filename: str, mimetype: str) -> Response:
-    """302 to a presigned GET of the object (valid ``s3_presign_seconds``),
-    answering with the download name and type; Range goes to the store."""
+    """302 to a presigned GET of the object (``views.common.redirect_to_object``)."""
     store = storage()
     if not isinstance(store, S3Store) or key.rsplit("/", 1)[-1] != filename:
         tk.abort(404, tk._("No cached copy of this resource"))
-    try:
-        url = store.presigned_get(key, content_disposition(filename), mimetype)
-    except StoreError as e:
-        log.error("Cached copy %s: %s", key, e)
-        tk.abort(503, tk._("The archive store is not available, please try again later"))
-    response = redirect(url, code=302)
-    response.headers["Cache-Control"] = "no-store"  # the URL expires; never cache it
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return redirect_to_object(store, key, filename, mimetype)

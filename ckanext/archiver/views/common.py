@@ -1,26 +1,32 @@
 """What the archiver's views share: who is reading (an action context, the
 report's :class:`~ckanext.archiver.model.report.Viewer`), access checks that
 answer 404/403, our own CSRF check for POST views, cache headers, and
-serving a file of the archive."""
+serving a file of the archive (or, S3 mode, a redirect to a presigned GET
+of its object)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 from urllib.parse import quote
 
 import ckan.plugins.toolkit as tk
 from ckan import model
-from flask import Response, current_app, request, send_file
+from flask import Response, current_app, redirect, request, send_file
 from flask_wtf.csrf import validate_csrf
 from wtforms import ValidationError
 
 from ckanext.archiver import config
+from ckanext.archiver.engine.sink import StoreError
+from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.model import active_dataset, report
 
 __all__ = ["request_context", "require_access", "require_csrf_token", "viewer",
            "no_shared_cache", "content_disposition", "readable_package_or_abort",
-           "serve_archive_file"]
+           "serve_archive_file", "redirect_to_object"]
+
+log = logging.getLogger(__name__)
 
 
 def request_context() -> dict[str, Any]:
@@ -120,4 +126,20 @@ def serve_archive_file(path: str, mimetype: str, etag: Any, download_name: str) 
         response.headers.pop("Date", None)
     response.headers["Content-Disposition"] = content_disposition(download_name)
     response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def redirect_to_object(store: S3Store, key: str, download_name: str,
+                       mimetype: str) -> Response:
+    """302 to a presigned GET of the object (valid ``s3_presign_seconds``),
+    answering with the download name and type; Range goes to the store.
+    Call it only after the read-permission check."""
+    try:
+        url = store.presigned_get(key, content_disposition(download_name), mimetype)
+    except StoreError as e:
+        log.error("Presigning %s: %s", key, e)
+        tk.abort(503, tk._("The archive store is not available, please try again later"))
+    response = redirect(url, code=302)
+    response.headers["Cache-Control"] = "no-store"  # the URL expires; never cache it
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response

@@ -5,7 +5,8 @@ The zip follows the dataset's read permission. When it is missing or out of
 date it is built while the reader waits if the dataset is small
 (``package_sync_max_bytes``); for a larger one the last zip built is served,
 and when there is none a page offers to mail a link once it is built in the
-background (``archiver_package_request``).
+background (``archiver_package_request``). In S3 mode the zip is an object
+of the bucket: the answer is a 302 to a short-lived presigned GET of it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from ckan import model
 from flask import request
 
 from ckanext.archiver import config, urls
+from ckanext.archiver.engine.sink import StoreError
 from ckanext.archiver.views.common import (
     readable_package_or_abort,
+    redirect_to_object,
     request_context,
     require_csrf_token,
     serve_archive_file,
 )
 from ckanext.archiver.worker import zips
+from ckanext.archiver.worker.services import storage
 
 __all__ = ["package_zip", "package_request"]
 
@@ -42,7 +46,11 @@ def package_zip(id: str):
         tk.abort(404, tk._("No archived files for this dataset"))
     if not wanted.members:
         tk.abort(404, tk._("No archived files for this dataset"))
-    existing = zips.built_zip(package.id)
+    try:
+        existing = zips.built_zip(package.id)
+    except StoreError as e:
+        log.error("Could not read the package of %s: %s", package.name, e)
+        tk.abort(503, tk._("The archive store is not available, please try again later"))
     fresh = (existing is not None and existing.consistent
              and existing.fingerprint == wanted.fingerprint)
     small = wanted.total_bytes <= config.current().package_sync_max_bytes
@@ -58,6 +66,12 @@ def package_zip(id: str):
             if e.errno == errno.ENOSPC:
                 tk.abort(503, tk._("The archive is full: the zip cannot be made now"))
             raise
+        except StoreError as e:
+            log.error("Could not build the package of %s: %s", package.name, e)
+            tk.abort(503, tk._("The archive store is not available, please try again later"))
+    if existing.key is not None:  # S3 mode: any web node, no archive disk
+        return redirect_to_object(storage(), existing.key, f"{package.name}.zip",
+                                  "application/zip")
     return serve_archive_file(existing.path, "application/zip", existing.etag or True,
                               f"{package.name}.zip")
 

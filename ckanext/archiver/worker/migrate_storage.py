@@ -9,6 +9,12 @@ only if it still names that file (a worker may have archived a new copy
 meanwhile). Re-running is safe and resumes: switched rows are no longer
 candidates, and an object already there with the file's size and sha1 is
 not sent again.
+
+Dataset zips built on disk (``<archive_dir>/packages/<id>/``) are copied
+too, when their ``package.json`` describes them and the bucket has no zip of
+that dataset yet: streamed to a new key, read back and compared by sha1,
+then recorded (``engine.zipper_s3``), so web nodes without the disk serve
+them at once instead of rebuilding them.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 from typing import Callable, Iterator, Optional
 
 from ckan import model
 
 from ckanext.archiver import urls
+from ckanext.archiver.engine import zipper, zipper_s3
+from ckanext.archiver.engine.storage import Storage
 from ckanext.archiver.engine.store_s3 import S3Store, StoreError
 from ckanext.archiver.model import rows
-from ckanext.archiver.worker.services import local_key
+from ckanext.archiver.worker import zips
+from ckanext.archiver.worker.services import local_key, local_storage
 
 __all__ = ["Result", "candidates", "run"]
 
@@ -39,6 +49,8 @@ class Result:
     already: int = 0  # the object was there and verified: not sent again
     missing: int = 0  # the row's file is not on this disk
     failed: int = 0  # the store refused, or the sha1 did not match
+    zips: int = 0  # dataset zips copied and recorded
+    zips_already: int = 0  # the bucket has a zip of the dataset already
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -119,10 +131,60 @@ def migrate_one(store: S3Store, resource_id: str, package_id: str, path: str,
             pass
 
 
+def local_zips(local: Storage) -> list[zipper.DatasetZip]:
+    """The zips on disk worth copying: described by their ``package.json``,
+    of datasets that are not deleted."""
+    try:
+        ids = sorted(e.name for e in os.scandir(os.path.join(local.archive_dir,
+                                                             zipper.PACKAGES_DIRNAME))
+                     if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+    found = []
+    for pid in ids:
+        try:
+            built = zipper.current(pid, local)
+        except ValueError:
+            continue
+        if built is not None and built.consistent:
+            found.append(built)
+    active = zips.active_ids(z.package_id for z in found)
+    return [z for z in found if z.package_id in active]
+
+
+def migrate_zip(store: S3Store, built: zipper.DatasetZip, result: Result,
+                dry_run: bool = False, remove_local: bool = False) -> None:
+    folder = os.path.dirname(built.path)
+    with zips.locked_everywhere(built.package_id):
+        if zipper_s3.current(store, built.package_id) is not None:
+            result.zips_already += 1  # built in the bucket since: newer
+        elif dry_run:
+            result.zips += 1
+            return
+        else:
+            try:
+                with open(built.path, "rb") as f:
+                    key, size = zipper_s3.copy_in(store, built.package_id, built.filename, f)
+                if _object_sha1(store, key) != _sha1_of(_file_chunks(built.path)):
+                    store.delete(key)
+                    raise StoreError("the object read back does not match the file")
+                zipper_s3.record(store, built.package_id, {
+                    "fingerprint": built.fingerprint, "filename": built.filename,
+                    "members": built.members, "built_at": built.built_at,
+                    "key": key, "size": size})
+            except (StoreError, OSError) as e:
+                result.failed += 1
+                result.errors.append(f"zip of {built.package_id}: {e}")
+                return
+            result.zips += 1
+    if remove_local and not dry_run:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run(store: S3Store, dry_run: bool = False, remove_local: bool = False,
         progress: Optional[Callable[[list], Iterator]] = None) -> Result:
-    """Migrate every candidate row; ``progress(rows)`` wraps the iteration
-    (a progress bar)."""
+    """Migrate every candidate row, then the dataset zips on disk;
+    ``progress(rows)`` wraps the iteration (a progress bar)."""
     todo = candidates()
     model.Session.remove()  # no transaction held while copying
     result = Result()
@@ -130,4 +192,8 @@ def run(store: S3Store, dry_run: bool = False, remove_local: bool = False,
             progress(todo) if progress else todo):
         migrate_one(store, resource_id, package_id, path, recorded_hash, result,
                     dry_run, remove_local)
+    built = local_zips(local_storage())
+    model.Session.remove()
+    for one in built:
+        migrate_zip(store, one, result, dry_run, remove_local)
     return result

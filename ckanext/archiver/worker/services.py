@@ -49,7 +49,7 @@ def storage(options: Optional[config.Options] = None) -> AnyStore:
 
 def local_storage(options: Optional[config.Options] = None) -> Storage:
     """The archive folder (the local backend; in S3 mode, where rows not yet
-    migrated have their files, and where dataset zips are built)."""
+    migrated have their files)."""
     options = options or config.current()
     return _storage(options.archive_dir, options.cache_url_root, options.max_archive_bytes)
 

@@ -1,12 +1,12 @@
-"""Dataset zips: one zip of a dataset's archived files plus a manifest.
+"""Dataset zips: one zip of a dataset's archived files plus a manifest,
+built and kept here, served by ``views.zips``.
 
-The zip holds ``data/<file name>`` for every active resource with an
-archived file (or an uploaded one) and ``datapackage.json`` (a Frictionless
-Data Package: each resource's URL, sha256, size, status and archive time).
-Where it lives and how it is written: ``engine.zipper``. It is rebuilt only
-when its fingerprint changes: the members' zip paths, sizes and sha256, and
-the resources' ids, names, URLs and broken / not broken state (a routine
-re-check that finds the same files rebuilds nothing).
+What goes in and the fingerprint: ``worker.zip_plan`` (:func:`plan`,
+re-exported). Where the zip lives and how it is written: ``engine.zipper``
+(``<archive_dir>/packages/<package_id>/``, local backend) or
+``engine.zipper_s3`` (``packages/<package_id>/`` in the bucket, S3 backend,
+streamed into a multipart upload: any web node serves it through a
+presigned GET). It is rebuilt only when its fingerprint changes.
 
 Entry points: :func:`build` (``ckan archiver package``, the download view
 for small datasets), the Celery task ``build_package`` (``worker.tasks``;
@@ -21,234 +21,61 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import hashlib
-import json
 import logging
 import os
 import shutil
+import threading
 import time
-import urllib.parse
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import ckan.plugins.toolkit as tk
+import redis
 from ckan import model
-from ckan.lib import uploader
 
 from ckanext.archiver import config, interfaces, keys, mail, urls
-from ckanext.archiver import status as st
-from ckanext.archiver.engine.files import inside
+from ckanext.archiver.engine import zipper_s3
 from ckanext.archiver.engine.storage import Storage, sanitise_filename
 from ckanext.archiver.engine.store_s3 import S3Store
 from ckanext.archiver.engine.zipper import (
-    MANIFEST_NAME,
+    LOCK_TIMEOUT,
     PACKAGES_DIRNAME,
     DatasetZip,
-    Member,
     current,
     locked,
-    mtime_iso,
     package_dir,
     write_meta,
     write_zip,
 )
-from ckanext.archiver.model import Archival, active_dataset, iso
+from ckanext.archiver.model import active_dataset
 from ckanext.archiver.worker import app
-from ckanext.archiver.worker.services import local_storage, store_key
+from ckanext.archiver.worker.services import AnyStore, local_storage
 from ckanext.archiver.worker.services import storage as archive_store
+from ckanext.archiver.worker.zip_plan import Plan, plan
 
 __all__ = [
     "Plan", "NothingToPackage", "built_zip", "BuildResult", "build", "plan", "clean", "queue_build",
     "request_build", "on_package_archived", "signal_subscriptions", "mail_user",
-    "forget_pending",
+    "forget_pending", "locked_everywhere", "active_ids",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 PENDING_TTL = 3600
 REQUEST_TTL = 600
+LOCK_TTL = 60  # seconds the S3 build lock outlives its builder's last heartbeat
 
 
 class NothingToPackage(LookupError):
     """The dataset has no archived file to put in a package."""
 
 
-@dataclasses.dataclass
-class Plan:
-    """What the package of a dataset holds now (from the database)."""
-
-    package_id: str
-    package_name: str
-    members: list[Member]
-    resources: list[dict[str, Any]]  # manifest entries, member hashes filled in later
-    manifest_head: dict[str, Any]
-    fingerprint: str
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(m.size for m in self.members)
-
-    def manifest(self, hashes: dict[str, str]) -> bytes:
-        """``datapackage.json`` with the sha256 actually read while zipping."""
-        resources = []
-        for entry in self.resources:
-            entry = json.loads(json.dumps(entry))
-            digest = hashes.get(entry["archiver"]["resource_id"])
-            if digest:
-                entry["hash"] = "sha256:" + digest
-                entry["archiver"]["sha256"] = digest
-            resources.append(entry)
-        doc = dict(self.manifest_head, resources=resources)
-        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _source_path(resource: model.Resource, archival: Optional[Archival],
-                 store: Storage) -> Optional[str]:
-    """The real path of the resource's kept file, when it is a regular file
-    where the archiver puts it (its own folder in archive_dir, or CKAN's
-    storage for an upload); None otherwise."""
-    if archival is None or not archival.cache_filepath:
-        return None
-    recorded = os.path.realpath(archival.cache_filepath)
-    if resource.url_type == "upload":
-        expected = uploader.get_resource_uploader(
-            {"id": resource.id, "url_type": "upload", "url": resource.url}
-        ).get_path(resource.id)
-        path = os.path.realpath(str(expected))
-        if path != recorded:
-            return None
-    else:
-        try:
-            path = store.path_for(resource.id, os.path.basename(recorded))
-        except ValueError:
-            return None
-        if path != recorded or not inside(path, store.archive_dir):
-            return None
-    return path if os.path.isfile(path) else None
-
-
-_NOT_A_WEB_URL = "The link is not an http(s) URL: it is left out of this manifest"
-
-
-def _web_url(url: str) -> bool:
-    """An absolute http(s) URL with a host (what a manifest path may be,
-    besides a member of the zip)."""
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-    except ValueError:
-        return False
-    return (parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
-            and url == url.strip() and url.isprintable())
-
-
-def _arcname(filename: str, resource_id: str, taken: set[str]) -> str:
-    name = sanitise_filename(filename, default=resource_id)
-    for candidate in (name, f"{resource_id[:8]}-{name}", f"{resource_id}-{name}"):
-        if candidate.lower() not in taken:
-            taken.add(candidate.lower())
-            return "data/" + candidate
-    raise ValueError(f"No free name in the zip for {resource_id}")
-
-
-def plan(package: model.Package, store: Optional[Storage] = None) -> Plan:
-    """The members, manifest and fingerprint of ``package``'s zip, as the
-    database says now (no file is read, a stat per member)."""
-    store = store or local_storage()
-    resources = model.Session.query(model.Resource).filter(
-        model.Resource.package_id == package.id,
-        model.Resource.state == "active").order_by(model.Resource.position).all()
-    archivals = {a.resource_id: a for a in Archival.get_for_package(package.id)}
-    members: list[Member] = []
-    entries: list[dict[str, Any]] = []
-    fingerprint: list[Any] = []
-    taken: set[str] = {MANIFEST_NAME}
-    for res in resources:
-        a = archivals.get(res.id)
-        key = store_key(a.cache_filepath) if a is not None else None
-        source = key or _source_path(res, a, store)
-        url = res.url or ""
-        if res.url_type == "upload" and url and "/" not in url:
-            url = urls.dataset_url(package.type, package.id, res.id, qualified=True,
-                                   action="download", filename=url)
-        status_id = a.status_id if a else None
-        link = url if _web_url(url) else None
-        entry: dict[str, Any] = {
-            "name": res.id,
-            "title": res.name or None,
-            "path": link,
-            "url": link,
-            "format": res.format or None,
-            "archiver": {
-                "resource_id": res.id,
-                "included": source is not None,
-                "status_id": status_id,
-                "status": st.text(status_id),
-                "is_broken": a.is_broken if a else None,
-                "reason": a.reason if a else None,
-                "checked_at": iso(a.updated) if a else None,
-                "last_success": iso(a.last_success) if a else None,
-            },
-        }
-        if link is None:  # never a local path or "..": the manifest's path is
-            # a member of the zip or an http(s) URL (Data Package spec)
-            del entry["path"], entry["url"]
-            entry["archiver"]["note"] = _NOT_A_WEB_URL
-        member_key: Any = None
-        if key is not None:  # in the object store: streamed from it while zipping
-            member = Member(res.id, key, _arcname(key.rsplit("/", 1)[-1], res.id, taken),
-                            int(a.size or 0), a.sha256, opener=_object_opener(key),
-                            mtime=a.updated.replace(tzinfo=datetime.timezone.utc).timestamp()
-                            if a.updated else None)
-            members.append(member)
-            entry.update(path=member.arcname, bytes=member.size, mediatype=a.mimetype or None)
-            if a.sha256:
-                entry["hash"] = "sha256:" + a.sha256
-            entry["archiver"].update(archived_at=iso(a.updated), sha256=a.sha256)
-            member_key = [member.arcname, member.size, a.sha256 or [a.hash, key]]
-        elif source is not None:
-            size = os.path.getsize(source)
-            # an upload is kept under its id by CKAN: name it as uploaded
-            name = (urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
-                    if res.url_type == "upload" else "") or os.path.basename(source)
-            member = Member(res.id, source, _arcname(urllib.parse.unquote(name), res.id, taken),
-                            size, a.sha256)
-            members.append(member)
-            entry.update(path=member.arcname, bytes=size, mediatype=a.mimetype or None)
-            if a.sha256:
-                entry["hash"] = "sha256:" + a.sha256
-            entry["archiver"].update(archived_at=mtime_iso(source), sha256=a.sha256)
-            # no sha256 recorded (older archiver's rows): the file's identity
-            member_key = [member.arcname, size, a.sha256 or
-                          [a.hash, os.stat(source).st_mtime_ns]]
-        entries.append(entry)
-        fingerprint.append([res.id, res.name or "", url, a.is_broken if a else None,
-                            member_key])
-    head = {
-        "profile": "data-package",
-        "name": package.name,
-        "id": package.id,
-        "title": package.title or package.name,
-        "homepage": urls.dataset_url(package.type, package.name, qualified=True),
-    }
-    digest = hashlib.sha256(json.dumps(
-        [FORMAT_VERSION, config.current().package_compresslevel, head, fingerprint],
-        sort_keys=True, default=str).encode()).hexdigest()
-    return Plan(package.id, package.name, members, entries, head, digest)
-
-
-def _object_opener(key: str) -> Callable[[], Any]:
-    def opener() -> Any:
-        store = archive_store()
-        if not isinstance(store, S3Store):
-            raise FileNotFoundError(f"{key} is in the object store, which is not configured")
-        return store.open(key)
-
-    return opener
-
-
-def built_zip(package_id: str, store: Optional[Storage] = None) -> Optional[DatasetZip]:
-    """The zip built for the dataset, if any (whether up to date or not)."""
-    return current(package_id, store or local_storage())
+def built_zip(package_id: str, store: Optional[AnyStore] = None) -> Optional[DatasetZip]:
+    """The zip built for the dataset, if any (whether up to date or not), in
+    ``store`` (default: this site's, ``storage_backend``)."""
+    store = store or archive_store()
+    if isinstance(store, S3Store):
+        return zipper_s3.current(store, package_id)
+    return current(package_id, store)
 
 
 def _get_package(package_id: str) -> model.Package:
@@ -264,76 +91,143 @@ class BuildResult:
     built: bool  # False: the existing zip was up to date
 
 
+@contextlib.contextmanager
+def locked_everywhere(package_id: str) -> Iterator[None]:
+    """One builder per dataset on every host (S3 mode has no shared disk to
+    ``flock``): a Redis lock kept alive by a heartbeat thread, expiring
+    ``LOCK_TTL`` seconds after a killed builder's last beat."""
+    options = config.current()
+    lock = keys.client(options).lock(keys.package_lock(options, package_id), timeout=LOCK_TTL,
+                                     sleep=0.2, blocking_timeout=LOCK_TIMEOUT,
+                                     thread_local=False)
+    if not lock.acquire():
+        raise TimeoutError(f"Another build of the zip of {package_id} is still running")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(LOCK_TTL / 4):
+            try:
+                lock.reacquire()
+            except redis.exceptions.RedisError as e:
+                log.warning("Build lock of %s: %s: %s", package_id, type(e).__name__, e)
+
+    beating = threading.Thread(target=beat, name="archiver-zip-lock", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+        with contextlib.suppress(redis.exceptions.RedisError):
+            lock.release()
+
+
 def build(package_id: str, force: bool = False,
-          store: Optional[Storage] = None) -> BuildResult:
-    """Build the dataset's zip unless the one on disk is up to date.
+          store: Optional[AnyStore] = None) -> BuildResult:
+    """Build the dataset's zip unless the one kept is up to date.
 
     :raises ckan.plugins.toolkit.ObjectNotFound: no such (active) dataset
     :raises NothingToPackage: the dataset has no archived file
     :raises OSError: ``ENOSPC`` when the archive quota or the disk is full
+    :raises StoreError: the object store failed (nothing is left of the build)
     """
-    store = store or local_storage()
+    store = store or archive_store()
     package = _get_package(package_id)
-    folder = package_dir(store, package.id)
-    with locked(folder):
-        wanted = plan(package, store)
-        if not wanted.members:
-            raise NothingToPackage(package.name)
-        existing = current(package.id, store)
-        if (not force and existing is not None and existing.consistent
-                and existing.fingerprint == wanted.fingerprint):
-            return BuildResult(existing, built=False)
-        if not store.has_room(wanted.total_bytes):
-            raise OSError(errno.ENOSPC, "No room in the archive for the package of "
-                          f"{package.name} ({wanted.total_bytes} bytes)")
-        filename = sanitise_filename(package.name, default=package.id) + ".zip"
-        dest = os.path.join(folder, filename)
-        started = time.monotonic()
-        write_zip(wanted.members, wanted.manifest, store.tmp_dir(), dest,
-                  config.current().package_compresslevel)
-        stat = os.stat(dest)
-        write_meta(folder, {
-            "fingerprint": wanted.fingerprint, "filename": filename, "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "members": len(wanted.members),
+    if isinstance(store, S3Store):
+        with locked_everywhere(package.id):
+            return _build(package, force, store, local_storage())
+    with locked(package_dir(store, package.id)):
+        return _build(package, force, store, store)
+
+
+def _build(package: model.Package, force: bool, store: AnyStore,
+           local: Storage) -> BuildResult:
+    wanted = plan(package, local)  # local: where rows not in the store have files
+    if not wanted.members:
+        raise NothingToPackage(package.name)
+    existing = built_zip(package.id, store)
+    if (not force and existing is not None and existing.consistent
+            and existing.fingerprint == wanted.fingerprint):
+        return BuildResult(existing, built=False)
+    if not store.has_room(wanted.total_bytes):
+        raise OSError(errno.ENOSPC, "No room in the archive for the package of "
+                      f"{package.name} ({wanted.total_bytes} bytes)")
+    filename = sanitise_filename(package.name, default=package.id) + ".zip"
+    started = time.monotonic()
+    meta = {"fingerprint": wanted.fingerprint, "filename": filename,
+            "members": len(wanted.members),
             "built_at": datetime.datetime.now(datetime.timezone.utc).replace(
-                tzinfo=None).isoformat(),
-        })
-        for entry in os.scandir(folder):  # a zip under the dataset's old name,
-            # or what a killed build left behind
-            stale = entry.name.endswith(".zip") and entry.name != filename or (
-                entry.name.startswith(".package-")
-                and entry.name.endswith((".json", ".part")))
-            if stale:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-        log.info("Built the package of %s: %d files, %d bytes in %.1f s", package.name,
-                 len(wanted.members), stat.st_size, time.monotonic() - started)
-        built = current(package.id, store)
+                tzinfo=None).isoformat()}
+    level = config.current().package_compresslevel
+    if isinstance(store, S3Store):
+        key, size = zipper_s3.write(store, package.id, filename, wanted.members,
+                                    wanted.manifest, level)
+        try:
+            zipper_s3.record(store, package.id, dict(meta, key=key, size=size))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                store.delete(key)  # never a zip no record names
+            raise
+        zipper_s3.drop_others(store, package.id, key)  # only now: the record names the new one
+    else:
+        size = _write_local(store, package.id, filename, wanted, meta, level)
+    log.info("Built the package of %s: %d files, %d bytes in %.1f s", package.name,
+             len(wanted.members), size, time.monotonic() - started)
+    built = built_zip(package.id, store)
     assert built is not None
     return BuildResult(built, built=True)
 
 
-def clean(store: Optional[Storage] = None) -> tuple[int, int]:
-    """Remove the packages of datasets that are deleted or gone.
+def _write_local(store: Storage, package_id: str, filename: str, wanted: Plan,
+                 meta: dict[str, Any], level: int) -> int:
+    folder = package_dir(store, package_id)
+    dest = os.path.join(folder, filename)
+    write_zip(wanted.members, wanted.manifest, store.tmp_dir(), dest, level)
+    stat = os.stat(dest)
+    write_meta(folder, dict(meta, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+    for entry in os.scandir(folder):  # a zip under the dataset's old name,
+        # or what a killed build left behind
+        stale = entry.name.endswith(".zip") and entry.name != filename or (
+            entry.name.startswith(".package-")
+            and entry.name.endswith((".json", ".part")))
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    return stat.st_size
 
-    :returns: ``(packages removed, bytes freed)``
+
+def active_ids(ids: Iterable[str]) -> set[str]:
+    """Which of ``ids`` are datasets that are not deleted."""
+    ids = list(ids)
+    return {row[0] for row in model.Session.query(model.Package.id).filter(
+        model.Package.id.in_(ids), model.Package.state != "deleted")} if ids else set()
+
+
+def clean(store: Optional[AnyStore] = None, dry_run: bool = False) -> tuple[int, int]:
+    """Remove the zips of datasets that are deleted or gone (S3 mode also:
+    zips no record names, left by a killed build, and zip uploads older
+    than a build may run).
+
+    :returns: ``(packages removed, bytes freed)`` (S3 mode: objects removed);
+        what would be, when ``dry_run``
     """
-    store = store or local_storage()
+    store = store or archive_store()
+    if isinstance(store, S3Store):
+        return zipper_s3.clean(store, active_ids, dry_run=dry_run)
     root = os.path.join(store.archive_dir, PACKAGES_DIRNAME)
     try:
         folders = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return 0, 0
-    ids = [e.name for e in folders]
-    active = {row[0] for row in model.Session.query(model.Package.id).filter(
-        model.Package.id.in_(ids), model.Package.state != "deleted")} if ids else set()
+    active = active_ids(e.name for e in folders)
     removed = freed = 0
     for entry in folders:
         if entry.name in active:
             continue
         size = sum(f.stat(follow_symlinks=False).st_size for f in os.scandir(entry.path)
                    if f.is_file(follow_symlinks=False))
-        shutil.rmtree(entry.path, ignore_errors=True)
+        if not dry_run:
+            shutil.rmtree(entry.path, ignore_errors=True)
         removed, freed = removed + 1, freed + size
     return removed, freed
 

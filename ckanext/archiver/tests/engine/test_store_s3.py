@@ -18,7 +18,7 @@ from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
 from ckanext.archiver.tests.helpers import login
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, serve_bytes
-from ckanext.archiver.worker import services, zips
+from ckanext.archiver.worker import services
 from ckanext.archiver.worker.batch import archive_batch
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "s3_env")
@@ -318,27 +318,6 @@ def test_clean_cached_removes_objects_of_deleted_resources(raw_server, s3_env, r
     assert s3_env.clean({res["id"]}, named={kept}.__contains__) == (0, 0)  # too young
     assert s3_env.clean({res["id"]}, named={kept}.__contains__, min_age=0) == (1, 2)
     assert [k for k, _, _ in s3_env.objects()] == [kept]
-
-
-def test_dataset_zip_streams_members_from_the_store(raw_server, s3_env, archive_dir):
-    import json
-    import zipfile
-
-    bodies = {"one.csv": b"a,b\n" * 50000, "two.json": b'{"x": 1}'}
-    dataset = factories.Dataset(resources=[
-        {"url": raw_server.route(f"/{name}", serve_bytes(body))} for name, body in bodies.items()])
-    archive_batch([r["id"] for r in dataset["resources"]])
-    assert all(not _row(r["id"]).cache_filepath.startswith("/") for r in dataset["resources"])
-
-    built = zips.build(dataset["id"]).package
-
-    with zipfile.ZipFile(built.path) as zf:
-        assert {n: zf.read(n) for n in zf.namelist() if n.startswith("data/")} == {
-            f"data/{name}": body for name, body in bodies.items()}
-        manifest = json.loads(zf.read("datapackage.json"))
-    assert [r["hash"] for r in manifest["resources"]] == [
-        "sha256:" + hashlib.sha256(b).hexdigest() for b in bodies.values()]
-    assert zips.build(dataset["id"]).built is False  # same members: not rebuilt
 
 
 def test_objects_follow_rows_on_a_failed_commit(raw_server, s3_env, monkeypatch):
