@@ -197,3 +197,15 @@ def archiver_trend_svg(trend: Sequence[tuple[datetime.date, int]],
 def archiver_link_state(info: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What the resource page says about a link (``link_state.link_state``)."""
     return link_state.link_state(info)
+
+
+def archiver_short_state(info: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The few words of a link's state in the reader's language
+    (``link_state.short_state``): the resource page's verdict and the
+    dataset page's resource list."""
+    short = link_state.short_state(link_state.link_state(info))
+    for part in short.values():
+        if part:
+            words = part["words"]  # a message id of link_state (no literal here to extract)
+            part["words"] = tk._(words)
+    return short

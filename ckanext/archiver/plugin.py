@@ -21,6 +21,7 @@ from ckan.types import Context
 from ckanext.archiver import logfilter
 from ckanext.archiver import model as archiver_model
 from ckanext.archiver.compat import report as compat_report
+from ckanext.archiver.logic import link_state
 from ckanext.archiver.logic.visibility import show_cache_filepath
 from ckanext.archiver.worker import dispatch, zips
 
@@ -71,6 +72,7 @@ class ArchiverPlugin(p.SingletonPlugin, DefaultTranslation):
 
     def after_dataset_show(self, context: Context, pkg_dict: dict[str, Any]):
         archiver_model.add_to_package_dict(pkg_dict, show_cache_filepath(context))
+        link_state.add_pending(pkg_dict)
 
     def after_dataset_create(self, context: Context, pkg_dict: dict[str, Any]):
         self._queue_changed(pkg_dict)

@@ -12,7 +12,7 @@ reader what they may see). Percentages are whole numbers, as before.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import ckan.plugins.toolkit as tk
 from ckan import model
@@ -42,6 +42,20 @@ def _tree(org: model.Group) -> list[model.Group]:
                 found.append(child)
                 todo.append(child)
     return found
+
+
+def _totals(summaries: Sequence[queries.OrgSummary]) -> dict[str, Any]:
+    """The older archiver's totals of a report, from the organizations'
+    own counts (a dataset counts once)."""
+    total = queries.totals(summaries)
+    return {
+        "num_broken_packages": total.broken_datasets,
+        "num_broken_resources": total.broken_resources,
+        "num_packages": total.datasets,
+        "num_resources": total.resources,
+        "broken_package_percent": percent(total.broken_datasets, total.datasets),
+        "broken_resource_percent": percent(total.broken_resources, total.resources),
+    }
 
 
 def _iso(value: Any) -> Optional[str]:
@@ -83,16 +97,7 @@ def _index(include_sub_organizations: bool) -> dict[str, Any]:
     rows.sort(key=lambda r: (-r["broken_package_count"], -r["broken_resource_count"],
                              r["organization_name"]))
     # totals from each organization's own counts: a dataset counts once
-    total = queries.totals(list(summaries.values()))
-    return {
-        "table": rows,
-        "num_broken_packages": total.broken_datasets,
-        "num_broken_resources": total.broken_resources,
-        "num_packages": total.datasets,
-        "num_resources": total.resources,
-        "broken_package_percent": percent(total.broken_datasets, total.datasets),
-        "broken_resource_percent": percent(total.broken_resources, total.resources),
-    }
+    return {"table": rows, **_totals(list(summaries.values()))}
 
 
 def _organization(organization: str, include_sub_organizations: bool) -> dict[str, Any]:
@@ -102,7 +107,6 @@ def _organization(organization: str, include_sub_organizations: bool) -> dict[st
     orgs = _tree(org) if include_sub_organizations else [org]
     wanted = {o.id for o in orgs}
     summaries = [s for s in queries.organization_summaries(VIEWER) if s.org_id in wanted]
-    total = queries.totals(summaries)
     table = []
     for child in orgs:
         rows = list(queries.iter_resource_rows(VIEWER, child.id))
@@ -128,17 +132,8 @@ def _organization(organization: str, include_sub_organizations: bool) -> dict[st
                 ("status", st.text(row.status_id)),
                 ("failure_count", row.failure_count),
             )))
-    return {
-        "organization_name": org.name,
-        "organization_title": org.title,
-        "num_broken_packages": total.broken_datasets,
-        "num_broken_resources": total.broken_resources,
-        "num_packages": total.datasets,
-        "num_resources": total.resources,
-        "broken_package_percent": percent(total.broken_datasets, total.datasets),
-        "broken_resource_percent": percent(total.broken_resources, total.resources),
-        "table": table,
-    }
+    return {"organization_name": org.name, "organization_title": org.title,
+            **_totals(summaries), "table": table}
 
 
 def option_combinations() -> Iterator[dict[str, Any]]:

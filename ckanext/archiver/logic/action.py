@@ -57,7 +57,9 @@ def archiver_resource_show(context: Context, data_dict: DataDict) -> dict[str, A
         ``package_show`` (status_id, status, is_broken, reason, cache_url,
         size, mimetype, hashes, first_failure, last_success, ...), and
         ``pending``: ``"queued"`` or ``"checking"`` while a check waits or
-        runs, else null
+        runs, ``"retry"`` while a failed attempt waits to be tried again
+        (``queued_at`` is when it is due), else null (``package_show``
+        gives ``pending`` too)
     :rtype: dictionary
     """
     _check_read("archiver_resource_show", context, data_dict, tk._("Resource not found"))
@@ -79,7 +81,7 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
 
     :returns: the dataset summary (status_id, status, reason, is_broken of
         its worst resource) and ``resources``, one ``archiver`` dict (with
-        ``resource_id``) per checked resource
+        ``resource_id`` and ``pending``) per checked resource
     :rtype: dictionary
     """
     _check_read("archiver_dataset_show", context, data_dict, tk._("Dataset not found"))
@@ -90,8 +92,11 @@ def archiver_dataset_show(context: Context, data_dict: DataDict) -> dict[str, An
     summary = dataset_summary(rows)
     summary["package_id"] = package.id
     show_path = show_cache_filepath(context)
-    summary["resources"] = [dict(a.as_dict(show_path), resource_id=a.resource_id)
-                            for a in rows]
+    summary["resources"] = []
+    for a in rows:
+        info = a.as_dict(show_path)
+        summary["resources"].append(dict(info, resource_id=a.resource_id,
+                                         pending=link_state.pending(info)))
     return summary
 
 

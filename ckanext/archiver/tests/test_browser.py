@@ -247,6 +247,9 @@ def test_zip_link_and_cached_copy_from_the_dataset_page(live_server, browser, ar
     assert link.get_attribute("href") == f"{live_server}/dataset/clinics/archive.zip"
     assert "1 archived file and datapackage.json" in browser.find_element(
         By.CSS_SELECTOR, ".archiver-zip-link").text
+    # each resource item has its resource page's verdict, in short
+    states = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".archiver-state-badge")]
+    assert states == ["Link broken", "Link works, but goes to a web page, not a file"], states
     _screenshot(browser, "dataset-page.png")
     with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as res:
         assert res.status == 200

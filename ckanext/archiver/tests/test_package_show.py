@@ -53,6 +53,35 @@ def test_archiver_keys_at_both_levels():
         "reason": "Server returned 404 Not Found", "is_broken": True}
 
 
+def test_resource_dicts_add_pending_to_the_older_archivers_keys():
+    """Only added: every key of the older archiver's contract stays, and
+    ``pending`` says whether a check is on its way (as in
+    ``archiver_resource_show``)."""
+    from ckanext.archiver.model import PUBLIC_COLUMNS
+
+    dataset = factories.Dataset()
+    checked = factories.Resource(package_id=dataset["id"])
+    queued = factories.Resource(package_id=dataset["id"])
+    make_archival(checked, st.ARCHIVED)
+    sysadmin = {"user": factories.Sysadmin()["name"]}  # the older archiver's keys, path too
+    shown = call_action("package_show", dict(sysadmin), id=dataset["id"])
+    by_id = {r["id"]: r["archiver"] for r in shown["resources"]}
+    older = {"resource_timestamp", "status_id", "is_broken", "reason", "url_redirected_to",
+             "cache_filepath", "cache_url", "size", "mimetype", "hash", "etag",
+             "last_modified", "first_failure", "last_success", "failure_count", "created",
+             "updated", "status", "is_broken_printable"}
+    for info in by_id.values():
+        assert older <= set(info)
+        assert set(info) == set(PUBLIC_COLUMNS) | {"status", "is_broken_printable",
+                                                   "site_fault", "pending"}
+    assert by_id[checked["id"]]["pending"] is None
+    assert by_id[queued["id"]]["pending"] == "queued"
+    assert call_action("archiver_resource_show", id=queued["id"])["pending"] == "queued"
+    listed = call_action("archiver_dataset_show", id=dataset["id"])["resources"]
+    assert {r["resource_id"]: r["pending"] for r in listed} == {
+        checked["id"]: None, queued["id"]: "queued"}
+
+
 @pytest.mark.parametrize("n_resources", [0, 1, 200])
 def test_one_query_per_dataset(n_resources):
     dataset = factories.Dataset()

@@ -8,87 +8,29 @@ renders it. The text of each page's link status section is written to
 
 from __future__ import annotations
 
-import html
-import pathlib
-import re
 import shutil
 
 import pytest
 from ckan import model
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from ckanext.archiver import status as st
 from ckanext.archiver.model import ArchivalHistory
 from ckanext.archiver.tests.helpers import archival_row, checked_row, login, wait_for
+from ckanext.archiver.tests.views.pages import check_link_now, status_section
+from ckanext.archiver.tests.views.pages import resource_page as _page
 from ckanext.archiver.worker import dispatch
 from ckanext.archiver.worker import figures as worker_figures
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db")
-
-ARTIFACTS = pathlib.Path(__file__).resolve().parents[4] / "test-artifacts"
-
-
-def _record(case: str, text: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "link-truth.txt", "a") as f:
-        f.write(f"[{case}] {text}\n")
-
-
-def status_section(app, dataset, res, user=None, case=None) -> str:
-    """The text of the resource page's link status section (as ``user``,
-    anonymous by default)."""
-    login(app, user)
-    body = app.get(f"/dataset/{dataset['name']}/resource/{res['id']}").get_data(as_text=True)
-    match = re.search(r'<section class="archiver-resource-status".*?</section>', body, re.S)
-    assert match, "no link status section on the page"
-    text = re.sub(r"<[^>]+>", " ", match.group(0))
-    text = re.sub(r"\s+", " ", html.unescape(text)).strip()
-    if case:
-        _record(case, text)
-    return text
-
-
-def _page(app, dataset, res, user=None) -> str:
-    login(app, user)
-    return app.get(f"/dataset/{dataset['name']}/resource/{res['id']}").get_data(as_text=True)
-
-
-def _csrf_token(body: str) -> str:
-    return re.search(r'name="_csrf_token" value="([^"]+)"', body).group(1)
-
-
-def check_link_now(app, dataset, res, user) -> None:
-    """Press "Check link now" on the resource page, as ``user``."""
-    body = _page(app, dataset, res, user)
-    assert "Check link now" in body
-    answer = app.post(f"/dataset/{dataset['name']}/archiver/check",
-                      data={"_csrf_token": _csrf_token(body), "resource_id": res["id"]},
-                      follow_redirects=False)
-    assert answer.status_code == 302
 
 
 def _history(resource_id):
     model.Session.remove()
     return model.Session.query(ArchivalHistory).filter_by(
         resource_id=resource_id).order_by(ArchivalHistory.id).all()
-
-
-@pytest.fixture
-def origin():
-    """An origin server of our own (one test stops it)."""
-    server = HTTPServer(host="127.0.0.1", port=0)
-    server.start()
-    yield server
-    if server.is_running():
-        server.stop()
-
-
-@pytest.fixture
-def sysadmin():
-    return factories.Sysadmin()
 
 
 # 1 -- an explicit check always contacts the server --------------------------
@@ -332,6 +274,39 @@ def test_a_queued_check_is_shown_until_its_result_lands(app, archiver_env, https
     assert "data-archiver-pending" not in body
     text = status_section(app, dataset, res, case="pending: after the worker")
     assert "Link OK" in text and "Waiting to be checked" not in text
+
+
+def test_a_retry_waiting_for_its_countdown_says_so(
+        app, celery_worker, httpserver, ckan_config, monkeypatch, sysadmin):
+    """A failed attempt waiting for its retry: the page says when it is
+    tried again (not "queued" at a time still to come), and "Check link
+    now" does not wait for it."""
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.max_retries", 1)
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.retry_delay", 300)
+    httpserver.expect_oneshot_request("/flaky.csv").respond_with_data("busy", status=503)
+    httpserver.expect_request("/flaky.csv").respond_with_data("a\n", content_type="text/csv")
+    dataset = factories.Dataset()
+    res = factories.Resource(package_id=dataset["id"], url=httpserver.url_for("/flaky.csv"))
+    row = wait_for(lambda: (r := checked_row(res["id"])) is not None
+                   and r.reason.endswith("(will retry)") and r)
+    due = row.queued_at
+    assert (due - row.updated).total_seconds() >= 200, "the retry waits for its countdown"
+    body = _page(app, dataset, res)
+    assert 'data-archiver-pending="retry"' in body
+    text = status_section(app, dataset, res, case="retry: waiting for its countdown")
+    assert f"Waiting to be tried again at {due:%B} {due.day}, {due:%Y}, {due:%H:%M}" in text
+    assert "Waiting to be checked" not in text and "Link broken" in text
+    assert call_action("archiver_resource_show", {"user": ""}, id=res["id"])["pending"] == "retry"
+    shown = call_action("package_show", {"user": ""}, id=dataset["id"])
+    assert shown["resources"][0]["archiver"]["pending"] == "retry"
+
+    check_link_now(app, dataset, res, sysadmin)  # ahead of the retry
+    row = wait_for(lambda: (r := checked_row(res["id"])) is not None
+                   and r.status_id == st.ARCHIVED and r)
+    assert len(httpserver.log) == 2
+    text = status_section(app, dataset, res, case="retry: after Check link now")
+    assert "Link OK" in text and "tried again" not in text
+    assert call_action("archiver_resource_show", {"user": ""}, id=res["id"])["pending"] is None
 
 
 # 6 -- a web page where a file was promised ----------------------------------

@@ -12,7 +12,7 @@ import pytest
 from ckan import model
 from ckan.tests import factories
 
-from ckanext.archiver import config, interfaces, keys
+from ckanext.archiver import config, keys
 from ckanext.archiver import status as st
 from ckanext.archiver.engine import pool
 from ckanext.archiver.model import Archival, utcnow
@@ -44,20 +44,6 @@ def _hanging(seconds):
 def fast(ckan_config, monkeypatch):
     for key, value in {"read_timeout": 1, "connect_timeout": 1, "total_timeout": 3}.items():
         monkeypatch.setitem(ckan_config, "ckanext.archiver." + key, value)
-
-
-@pytest.fixture
-def events():
-    seen = []
-
-    def listener(sender, **kw):
-        seen.append((sender, kw.get("resource_id") or kw.get("package_id")))
-
-    for name in ("archived", "package-archived"):
-        interfaces.signal(name).connect(listener)
-    yield seen
-    for name in ("archived", "package-archived"):
-        interfaces.signal(name).disconnect(listener)
 
 
 def test_hanging_download_handed_off_and_recorded_when_it_ends(raw_server, fast, events):

@@ -11,7 +11,7 @@ from ckan import model
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from ckanext.archiver import config, interfaces, keys
+from ckanext.archiver import config, keys
 from ckanext.archiver.model import Archival, ArchivalHistory
 from ckanext.archiver.tests.helpers import wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, respond
@@ -99,20 +99,6 @@ def test_busy_host_checks_wait_on_its_list_not_on_a_thread(raw_server, polite, e
     # the dataset is announced once, when its last resource is recorded
     wait_for(lambda: ("package-archived", pkg["id"]) in [
         (name, key) for name, key in events], timeout=5)
-
-
-@pytest.fixture
-def events():
-    seen = []
-
-    def listener(sender, **kw):
-        seen.append((sender, kw.get("resource_id") or kw.get("package_id")))
-
-    for name in ("archived", "package-archived"):
-        interfaces.signal(name).connect(listener)
-    yield seen
-    for name in ("archived", "package-archived"):
-        interfaces.signal(name).disconnect(listener)
 
 
 def test_priority_edit_takes_the_busy_hosts_next_slot(raw_server, polite, request):
