@@ -79,6 +79,11 @@ def package_request(options: Options, package_id: str, user_id: str) -> str:
     return f"{options.redis_prefix}:package-request:{package_id}:{user_id}"
 
 
+def lost_sweep(options: Options) -> str:
+    """Held by the worker sweeping for lost checks (worker/lost.py)."""
+    return f"{options.redis_prefix}:lost-sweep"
+
+
 def running(options: Options, resource_id: str) -> str:
     """A worker's claim on a resource it is archiving now (worker/inflight.py)."""
     return f"{options.redis_prefix}:running:{resource_id}"

@@ -185,7 +185,7 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
                      max_retries: Optional[int]) -> BatchResult:
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
-    if grant is None:  # a check that waited for its host was marked when it was taken
+    if grant is None:  # a check that waited for its host was marked when granted (hosts.start)
         checks.mark_started(todo)
     # a check of handed-off downloads holds no pending marks, nor does one
     # that waited for its host (dropped when its slot was granted:
