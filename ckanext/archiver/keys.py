@@ -26,7 +26,7 @@ from ckanext.archiver.engine import pool
 
 __all__ = ["REDIS_CONNECTIONS", "client", "pending", "pending_pattern", "deliveries",
            "hosts_prefix", "host_pattern", "package_pending", "package_request", "package_lock",
-           "running"]
+           "lost_sweep", "running"]
 
 _clients: dict[str, redis.Redis] = {}
 
@@ -83,6 +83,11 @@ def package_request(options: Options, package_id: str, user_id: str) -> str:
 def package_lock(options: Options, package_id: str) -> str:
     """One builder of a dataset's zip at a time, on any host (S3 mode)."""
     return f"{options.redis_prefix}:package-lock:{package_id}"
+
+
+def lost_sweep(options: Options) -> str:
+    """Held by the worker sweeping for lost checks (worker/lost.py)."""
+    return f"{options.redis_prefix}:lost-sweep"
 
 
 def running(options: Options, resource_id: str) -> str:

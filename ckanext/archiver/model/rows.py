@@ -13,9 +13,9 @@ from ckan import model
 
 from ckanext.archiver.model import Archival, rounds, utcnow
 
-__all__ = ["mark_queued", "lost", "unqueue_all", "forget", "delete_orphans", "clear_cache_columns",
-           "active_resource_ids", "named_files", "counts", "store_bytes", "named_copies",
-           "local_copies", "switch_copy"]
+__all__ = ["mark_queued", "mark_started", "lost", "unqueue_all", "forget", "delete_orphans",
+           "clear_cache_columns", "active_resource_ids", "named_files", "counts", "store_bytes",
+           "named_copies", "local_copies", "switch_copy"]
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
@@ -39,15 +39,30 @@ def mark_queued(items: Sequence[Item], when: datetime.datetime) -> None:
                                         "pids": [pid for _rid, pid in chunk], "when": when})
 
 
-def lost(started_before: datetime.datetime) -> list[Item]:
+def mark_started(resource_ids: Sequence[str]) -> None:
+    """``started_at`` = now, on a connection of its own (checks granted
+    their host's slot: from then on they look started, not waiting)."""
+    ids = list(resource_ids)
+    if ids:
+        table = Archival.__table__
+        with model.meta.engine.begin() as conn:
+            conn.execute(sa.update(table).where(table.c.resource_id.in_(ids)).values(
+                started_at=utcnow()))
+
+
+def lost(started_before: datetime.datetime,
+         queued_before: Optional[datetime.datetime] = None) -> list[Item]:
     """Rows queued but not checked since, and not started after
-    ``started_before`` (a worker may still be on those)."""
-    rows = model.Session.query(Archival.resource_id, Archival.package_id).filter(
+    ``started_before`` (a worker may still be on those); with
+    ``queued_before``, also queued before then."""
+    query = model.Session.query(Archival.resource_id, Archival.package_id).filter(
         Archival.queued_at.isnot(None),
         Archival.queued_at > sa.func.coalesce(Archival.updated, sa.text("'epoch'")),
         sa.or_(Archival.started_at.is_(None), Archival.started_at < started_before),
-    ).all()
-    return [(rid, pid) for rid, pid in rows]
+    )
+    if queued_before is not None:
+        query = query.filter(Archival.queued_at < queued_before)
+    return [(rid, pid) for rid, pid in query.all()]
 
 
 _UNQUEUE = sa.text("""

@@ -20,9 +20,12 @@ row the process's recorder writes together with others
 (``worker.recorder``).
 
 Each resource is claimed in Redis (``worker.inflight``) for the time it is
-archived: a resource another worker holds at the same URL is left to it
-(``BatchResult.busy``, sent again a moment later); a check that goes on its
-host's list gives its claim up, and whoever is granted the slot claims it.
+archived, and released as soon as its row is committed (before it is
+announced): a resource another worker holds at the same URL is left to it
+(``BatchResult.busy``, sent again a moment later with ``busy_since``, and
+then skipped if the other worker recorded it meanwhile); a check that goes
+on its host's list gives its claim up, and whoever is granted the slot
+claims it (and releases it once the recorder has committed its row).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from ckanext.archiver import status as st
 from ckanext.archiver.engine import pool, site_faults
 from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.engine.outcome import Outcome
-from ckanext.archiver.model import checks
+from ckanext.archiver.model import checks, utcnow
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import dispatch, hosts
 from ckanext.archiver.worker.inflight import Claims
@@ -62,6 +65,9 @@ class BatchResult:
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
     deferred: list[Job] = field(default_factory=list)  # on their hosts' waiting lists
     busy: list[Job] = field(default_factory=list)  # being archived by another worker
+    # the busy ones, sent again, are skipped if recorded since then (even
+    # forced): the request was made by then at the latest
+    busy_since: Optional[datetime.datetime] = None
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -111,8 +117,11 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     each is recorded (and announced) on its own thread when it ends, then
     given to ``on_late`` as a BatchResult of its own. ``handed_off_at``
     skips resources recorded since then (a check of handed-off downloads
-    whose worker may have died), even with ``force``.
+    whose worker may have died, or of resources found busy: the
+    ``result.busy_since`` of the batch that found them busy), even with
+    ``force``.
     """
+    asked = utcnow()  # this check was requested by now at the latest
     result = BatchResult()
     queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
     handed_off = datetime.datetime.fromisoformat(handed_off_at) if handed_off_at else None
@@ -138,6 +147,9 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                                       [job.url for job in todo])
         if busy:
             busy_ids = set(busy)
+            # a row written after this (by the worker holding them, most
+            # likely) is a check made since this one was requested
+            result.busy_since = min(t for t in (handed_off, queued, asked) if t is not None)
             result.busy = [job for job in todo if job.resource_id in busy_ids]
             for job in result.busy:
                 job.skip_reason = "being archived by another worker"
@@ -146,13 +158,22 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                     job.grant = None
             result.skipped += result.busy
             todo = [job for job in todo if job.resource_id not in busy_ids]
+    recording = False
     try:
-        return _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
-                                force, attempt, polite, wait_max, on_late, handed_off,
-                                queued_at, defer, grant, max_retries)
+        _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
+                         force, attempt, polite, wait_max, on_late, handed_off,
+                         queued_at, defer, grant, max_retries)
+        # a check that waited for its host: the recorder releases its claim
+        recording = grant is not None and bool(result.recorded or result.retry)
+        return result
     finally:
-        late_ids = {job.resource_id for job in result.late}
-        claims.release([rid for rid in list(claims.held) if rid not in late_ids])
+        # the rows written released their claims; what is left (an error,
+        # nothing to record) goes now, but not the downloads still running
+        # (handed off) nor a check whose row the recorder is writing
+        kept = {job.resource_id for job in result.late}
+        if recording:
+            kept.update(job.resource_id for job in result.recorded + result.retry)
+        claims.release([rid for rid in list(claims.held) if rid not in kept])
 
 
 def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
@@ -164,7 +185,7 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
                      max_retries: Optional[int]) -> BatchResult:
     # started_at first, then the pending marks go: never a moment when a
     # queued resource looks lost (requeue_lost would queue it twice)
-    if grant is None:  # a check that waited for its host was marked when it was taken
+    if grant is None:  # a check that waited for its host was marked when granted (hosts.start)
         checks.mark_started(todo)
     # a check of handed-off downloads holds no pending marks, nor does one
     # that waited for its host (dropped when its slot was granted:
@@ -186,7 +207,7 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
         result.recorded = todo
         for job in todo:
             hosts.give_back(job.grant)
-        record_errors(todo, queue_name, options)
+        record_errors(todo, queue_name, options, claims)
         return result
     deferral = None
     if polite and (defer or grant is not None):
@@ -218,14 +239,20 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
 def save(jobs: list[Job], run: Run) -> tuple[list[Job], set[str]]:
     """Write the rows of ``jobs`` (``model.checks.save``), then settle their
     new files: kept once their row is committed (the files they replace
-    removed only then), removed when not. Returns the committed jobs and
-    the datasets the commit finished."""
+    removed only then), removed when not; then release their claims (the
+    check is over: a check that finds them claimed after this would be a
+    second one). Returns the committed jobs and the datasets the commit
+    finished."""
     committed: list[Job] = []
     try:
         committed, finished = checks.save(jobs, run.options.recheck_days,
                                           discard=lambda job: discard_file(job, run.store))
     finally:
-        settle_files(jobs, committed, run.store, run.options)
+        try:
+            settle_files(jobs, committed, run.store, run.options)
+        finally:
+            if run.claims is not None:
+                run.claims.release([job.resource_id for job in jobs])
     return committed, finished
 
 
@@ -239,10 +266,15 @@ def record(jobs: list[Job], queue_name: str, run: Run,
              queue_name, finished)
 
 
-def record_errors(jobs: list[Job], queue_name: str, options: config.Options) -> None:
+def record_errors(jobs: list[Job], queue_name: str, options: config.Options,
+                  claims: Optional[Claims] = None) -> None:
     """Save and announce system errors recorded without a download (no
-    new file to settle)."""
-    committed, finished = checks.save(jobs, options.recheck_days)
+    new file to settle); ``claims`` released once they are committed."""
+    try:
+        committed, finished = checks.save(jobs, options.recheck_days)
+    finally:
+        if claims is not None:
+            claims.release([job.resource_id for job in jobs])
     announce(committed, queue_name, finished)
 
 
@@ -312,9 +344,14 @@ def _record_granted(items: list[tuple]) -> None:
     finished (``model.rounds``); then each batch's ``on_late``."""
     committed: list[Job] = []
     finished: set[str] = set()
-    if items:
-        jobs = [job for result, *_ in items for job in result.recorded + result.retry]
-        committed, finished = save(jobs, items[0][2])
+    try:
+        if items:
+            jobs = [job for result, *_ in items for job in result.recorded + result.retry]
+            committed, finished = save(jobs, items[0][2])
+    finally:  # each check's claim (its own batch's), once its row is committed
+        for result, _queue_name, run, _on_late in items:
+            if run.claims is not None:
+                run.claims.release([job.resource_id for job in result.recorded + result.retry])
     saved = {id(job) for job in committed}
     queues: dict[str, list[Job]] = {}
     for result, queue_name, _run, _on_late in items:

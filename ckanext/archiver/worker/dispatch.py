@@ -134,21 +134,26 @@ def enqueue(items: Iterable[Item], queue_name: str = "bulk", force: bool = False
     return len(chosen)
 
 
-def requeue_lost(older_than: Optional[datetime.timedelta] = None) -> int:
+def requeue_lost(older_than: Optional[datetime.timedelta] = None,
+                 queued_too: bool = False) -> int:
     """Queue again what was queued but never finished and is no longer
     waiting in Redis (lost in a Redis restart, or its worker died for
     good). Rows started within ``older_than`` (default: the hard time
-    limit) are left alone: a worker may still be on them."""
+    limit) are left alone: a worker may still be on them; with
+    ``queued_too`` (the live workers' sweep, ``worker.lost``) so are rows
+    queued within it. So is a resource a worker has claimed
+    (``worker.inflight``): it is being archived now."""
     options = config.current()
     if older_than is None:
         older_than = datetime.timedelta(seconds=options.time_limits[1])
-    found = rows.lost(utcnow() - older_than)
+    cutoff = utcnow() - older_than
+    found = rows.lost(cutoff, cutoff if queued_too else None)
     if not found:
         return 0
     r = keys.client(options)
     with r.pipeline(transaction=False) as pipe:
         for rid, _pid in found:
-            pipe.exists(keys.pending(options, rid))
+            pipe.exists(keys.pending(options, rid), keys.running(options, rid))
         waiting = pipe.execute()
     lost = [(rid, pid) for (rid, pid), w in zip(found, waiting) if not w]
     if lost:

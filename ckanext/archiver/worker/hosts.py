@@ -25,6 +25,7 @@ from ckanext.archiver import status as st
 from ckanext.archiver.engine import timer
 from ckanext.archiver.engine.hostqueue import Grant, HostQueue
 from ckanext.archiver.engine.outcome import Outcome
+from ckanext.archiver.model import rows
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import dispatch
 
@@ -94,12 +95,20 @@ def entry_of(grant: Grant) -> dict:
 
 def start(grants: list[Grant]) -> None:
     """Run each granted check when its start is due (no thread waits). Its
-    pending mark goes now: should this process die first, the check looks
-    lost and ``requeue_lost`` queues it again."""
+    row says it started now (``started_at``), then its pending mark goes:
+    should this process die before its row is written, the check looks
+    lost, and the live workers' sweep (``worker.lost``) queues it again
+    once it is older than any check can last."""
     if not grants:
         return
+    ids = [entry_of(g)["r"] for g in grants]
     try:
-        dispatch.release(entry_of(g)["r"] for g in grants)
+        rows.mark_started(ids)
+    except Exception as e:  # noqa: BLE001 - the database: the check still runs
+        log.warning("Could not mark %d granted checks started (%s)", len(ids),
+                    type(e).__name__)
+    try:
+        dispatch.release(ids)
     except redis.exceptions.RedisError:
         log.warning("Could not drop the pending marks of %d checks", len(grants))
     for grant in grants:

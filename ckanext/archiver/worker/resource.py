@@ -15,6 +15,10 @@ import hashlib
 import logging
 import mimetypes
 import os
+import shutil
+import socket
+import tempfile
+import time
 from typing import Optional
 
 import redis
@@ -112,7 +116,7 @@ def _take_slot(job: Job, host: str, run: Run) -> Optional[str]:
 def run_one(job: Job, run: Run) -> None:
     """Check one resource; sets job.outcome, or job.deferred when it waits
     for its host (never raises)."""
-    tmp_path = upload = None
+    tmp_path = upload = tmp_dir = None
     grant, job.grant = job.grant, None  # given back once, here
     deferral = run.deferral
     try:
@@ -155,7 +159,8 @@ def run_one(job: Job, run: Run) -> None:
         outcome = None
         sink = run.store.sink(job.resource_id) if isinstance(run.store, S3Store) else None
         try:
-            outcome = fetch(job.url or "", settings, previous, tmp_dir=_tmp_dir(run.store, job),
+            tmp_dir = _tmp_dir(run.store, job, run.options)
+            outcome = fetch(job.url or "", settings, previous, tmp_dir=tmp_dir,
                             force=run.force, session=get_session(settings), sink=sink)
         finally:
             if grant is not None:
@@ -204,21 +209,64 @@ def run_one(job: Job, run: Run) -> None:
                 log.warning("%s", e)
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
-        with contextlib.suppress(OSError):
-            os.rmdir(_tmp_dir(run.store, job, create=False))
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # unless another check of it uses it
+                os.rmdir(os.path.dirname(tmp_dir))
 
 
-def _tmp_dir(store: AnyStore, job: Job, create: bool = True) -> str:
-    """A temp folder per resource: what a killed attempt left in it is
-    removed when the resource is archived again."""
-    path = os.path.join(store.tmp_dir(), hashlib.sha1(job.resource_id.encode()).hexdigest())
-    if create:
-        if os.path.isdir(path):
-            for name in os.listdir(path):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(path, name))
-        os.makedirs(path, exist_ok=True)
-    return path
+def _tmp_dir(store: AnyStore, job: Job, options: config.Options) -> str:
+    """A temp folder of this check's own, in a folder per resource: two
+    checks of one resource at once (an edit's, beside a download of the old
+    URL) never touch each other's files. What a killed attempt left there
+    is removed when the resource is archived again: at once when its
+    process, on this host, is gone; else once it is older than any download
+    can last (``download_time_max``, and a minute)."""
+    parent = os.path.join(store.tmp_dir(), hashlib.sha1(job.resource_id.encode()).hexdigest())
+    _remove_stale(parent, time.time() - options.download_time_max - 60)
+    prefix = f"{os.getpid()}@{socket.gethostname()}~"
+    for _ in range(3):
+        os.makedirs(parent, exist_ok=True)
+        try:
+            return tempfile.mkdtemp(dir=parent, prefix=prefix)
+        except FileNotFoundError:  # the other check of it removed the folder just now
+            continue
+    return tempfile.mkdtemp(dir=parent, prefix=prefix)
+
+
+def _process_gone(name: str) -> bool:
+    """The folder ``<pid>@<host>~...`` of a process of this host that is
+    not running any more."""
+    pid, at, rest = name.partition("@")
+    if not at or not pid.isdigit() or rest.rpartition("~")[0] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: running
+        return False
+    return False
+
+
+def _remove_stale(parent: str, before: float) -> None:
+    """Remove what ``parent`` holds that nothing changed since ``before``
+    (a check's folder: nor anything in it), or whose process is gone."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                newest = max([entry.stat(follow_symlinks=False).st_mtime] + [
+                    f.stat(follow_symlinks=False).st_mtime for f in os.scandir(entry.path)])
+                if newest < before or _process_gone(entry.name):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            elif entry.stat(follow_symlinks=False).st_mtime < before:
+                os.unlink(entry.path)
+        except OSError:  # gone meanwhile
+            continue
 
 
 def settle_files(jobs: list[Job], committed: list[Job], store: AnyStore,

@@ -15,6 +15,7 @@ from ckan import model
 
 from ckanext.archiver import config
 from ckanext.archiver.engine import pool
+from ckanext.archiver.worker import lost
 from ckanext.archiver.worker.dispatch import requeue_lost
 
 __all__ = ["connect", "ConnectSignals", "on_worker_ready", "on_process_init",
@@ -22,9 +23,12 @@ __all__ = ["connect", "ConnectSignals", "on_worker_ready", "on_process_init",
 
 log = logging.getLogger(__name__)
 
-def on_worker_ready(**_kwargs: Any) -> None:
+def on_worker_ready(sender: Any = None, **_kwargs: Any) -> None:
     """At worker start, queue again what was queued but lost (a Redis
-    restart empties the queues; the rows still say what was waiting)."""
+    restart empties the queues; the rows still say what was waiting); then
+    sweep for checks lost with a worker every now and then (``worker.lost``)
+    in this process, unless its pool forks processes (each of those sweeps:
+    ``on_process_init``; no timer thread in the parent it forks them from)."""
     try:
         count = requeue_lost()
         if count:
@@ -33,13 +37,28 @@ def on_worker_ready(**_kwargs: Any) -> None:
         log.exception("Could not look for lost queue entries")
     finally:
         model.Session.remove()
+    if sender is not None and not _forks(sender):  # (a worker's consumer, not a test)
+        _watch()
+
+
+def _forks(consumer: Any) -> bool:
+    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.prefork"
+
+
+def _watch() -> None:
+    try:
+        lost.watch()
+    except Exception:
+        log.exception("Could not start looking for lost checks")
 
 
 def on_process_init(**_kwargs: Any) -> None:
     """A forked pool process must not share the parent's database
-    connections (loading CKAN left one in the pool): drop them, unclosed."""
+    connections (loading CKAN left one in the pool): drop them, unclosed.
+    Then it sweeps for lost checks (``worker.lost``)."""
     if model.meta.engine is not None:
         model.meta.engine.dispose(close=False)
+    _watch()
 
 
 def on_process_shutdown(**_kwargs: Any) -> None:

@@ -75,7 +75,9 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
     (``pool.run_batch``) and recorded when they end; a check of them is
     queued for when they must have ended (``handed_off_at``), which does
     nothing unless this worker died first. ``busy``: how many times the
-    resource was found being archived elsewhere (see ``_send_busy``)."""
+    resource was found being archived elsewhere (see ``_send_busy``: such a
+    check is sent again with ``handed_off_at`` too, and skipped the same way
+    if it was recorded since)."""
     options = config.current()
     try:
         if _too_many_deliveries(f"{self.request.id}:{self.request.retries}"):
@@ -92,7 +94,7 @@ def archive_resources(self: Any, resource_ids: list[str], queue: str = "bulk",
                                on_late=retry_late, handed_off_at=handed_off_at,
                                defer=True)
         _queue_retries(result.retry, queue, force, attempt)
-        _send_busy(result.busy, queue, queued_at, force, attempt, handed_off_at, busy)
+        _send_busy(result, queue, queued_at, force, attempt, busy)
         if result.late:
             archive_resources.apply_async(
                 args=[[job.resource_id for job in result.late]],
@@ -138,21 +140,25 @@ def _queue_retries(jobs: list[Job], queue: str, force: bool, attempt: int) -> No
             queue=options.queue_name(queue), countdown=countdown)
 
 
-def _send_busy(jobs: list[Job], queue: str, queued_at: Optional[str], force: bool,
-               attempt: int, handed_off_at: Optional[str], busy: int) -> None:
+def _send_busy(result: BatchResult, queue: str, queued_at: Optional[str], force: bool,
+               attempt: int, busy: int) -> None:
     """Resources another worker is archiving at the same URL: each is sent
     again a moment later (1 s, then 2, 4, ... up to the claims' TTL), so
     that a check (an edit's) runs as soon as the other one has ended, and
-    never alongside it."""
-    if not jobs:
+    never alongside it. It is skipped then if a row was written since it
+    was found busy (``result.busy_since``, sent as ``handed_off_at``: even
+    a forced check, or one queued without ``queued_at``, is not made twice
+    because the other worker had not let it go yet)."""
+    if not result.busy:
         return
     options = config.current()
     countdown = min(2 ** busy, inflight.TTL)
-    for job in jobs:
+    since = result.busy_since.isoformat() if result.busy_since else None
+    for job in result.busy:
         archive_resources.apply_async(
             args=[[job.resource_id]],
             kwargs={"queue": queue, "queued_at": queued_at, "force": force,
-                    "attempt": attempt, "handed_off_at": handed_off_at, "busy": busy + 1},
+                    "attempt": attempt, "handed_off_at": since, "busy": busy + 1},
             queue=options.queue_name(queue), countdown=countdown)
 
 
@@ -168,7 +174,7 @@ def _run_granted(grant: Grant) -> None:
     try:
         result = archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant,
                                on_late=retry)
-        _send_busy(result.busy, e["q"], e["t"], e["f"], e["a"], None, 0)
+        _send_busy(result, e["q"], e["t"], e["f"], e["a"], 0)
     except Exception:
         log.exception("Archiving resource %s (its host's turn came) failed", e["r"])
         hosts.give_back(grant)
