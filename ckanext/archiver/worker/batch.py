@@ -92,7 +92,8 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   on_late: Optional[Callable[[BatchResult], None]] = None,
                   handed_off_at: Optional[str] = None, defer: bool = False,
                   grant: Optional[Grant] = None,
-                  max_retries: Optional[int] = None) -> BatchResult:
+                  max_retries: Optional[int] = None,
+                  jobs: Optional[list[Job]] = None) -> BatchResult:
     """Archive resources now, in this process.
 
     ``max_retries`` (default: the ``max_retries`` option) caps the attempts
@@ -111,13 +112,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     each is recorded (and announced) on its own thread when it ends, then
     given to ``on_late`` as a BatchResult of its own. ``handed_off_at``
     skips resources recorded since then (a check of handed-off downloads
-    whose worker may have died), even with ``force``.
+    whose worker may have died), even with ``force``. ``jobs``: the
+    resources as loaded already (``worker.ahead``).
     """
     result = BatchResult()
     queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
     handed_off = datetime.datetime.fromisoformat(handed_off_at) if handed_off_at else None
     options = config.current()
-    jobs = checks.load_jobs(list(resource_ids))
+    if jobs is None:
+        jobs = checks.load_jobs(list(resource_ids))
     if grant is not None:
         for job in jobs:
             job.grant = grant
@@ -132,10 +135,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         if job.skip_reason and job.grant is not None:
             hosts.give_back(job.grant)
             job.grant = None
-    claims = Claims(options)
+    # a bulk check that waited for its host: the process's claims (one
+    # heartbeat for all); an edit's check has its own (it takes the claim
+    # over from a check of the old URL, whose release must not drop it)
+    claims = (Claims.of_process(options) if grant is not None and queue_name == "bulk"
+              else Claims(options))
+    claimed: list[str] = []
     if todo:  # never archived twice at the same time, on any host
-        _claimed, busy = claims.claim([job.resource_id for job in todo],
-                                      [job.url for job in todo])
+        claimed, busy = claims.claim([job.resource_id for job in todo],
+                                     [job.url for job in todo])
         if busy:
             busy_ids = set(busy)
             result.busy = [job for job in todo if job.resource_id in busy_ids]
@@ -152,7 +160,7 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                                 queued_at, defer, grant, max_retries)
     finally:
         late_ids = {job.resource_id for job in result.late}
-        claims.release([rid for rid in list(claims.held) if rid not in late_ids])
+        claims.release([rid for rid in claimed if rid not in late_ids])
 
 
 def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
@@ -207,7 +215,7 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
     result.recorded, result.retry = split_retries(done, attempt, max_retries)
     result.late = late
     if grant is not None:  # a check that waited for its host
-        _recorder().add((result, queue_name, run, on_late))
+        _recorder().add((result, queue_name, run, on_late), urgent=queue_name == "priority")
         return result
     # every attempt is recorded, so the page says what happened last; only
     # final results whose rows were committed are announced downstream

@@ -26,7 +26,7 @@ from ckanext.archiver.engine import timer
 from ckanext.archiver.engine.hostqueue import Grant, HostQueue
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import dispatch
+from ckanext.archiver.worker import ahead, dispatch
 
 __all__ = ["Deferral", "hostqueue", "serve", "start", "give_back", "take_slot", "not_tried",
            "entry_of", "RECHECK", "SHORT_WAIT"]
@@ -95,13 +95,25 @@ def entry_of(grant: Grant) -> dict:
 def start(grants: list[Grant]) -> None:
     """Run each granted check when its start is due (no thread waits). Its
     pending mark goes now: should this process die first, the check looks
-    lost and ``requeue_lost`` queues it again."""
+    lost and ``requeue_lost`` queues it again. A mark that is no longer the
+    one its check set (an edit raised it, a priority check ran meanwhile)
+    makes what was loaded ahead for it out of date (``worker.ahead``)."""
     if not grants:
         return
-    try:
-        dispatch.release(entry_of(g)["r"] for g in grants)
-    except redis.exceptions.RedisError:
-        log.warning("Could not drop the pending marks of %d checks", len(grants))
+    entries = [entry_of(g) for g in grants]
+    marks = [g.mark for g in grants]  # dropped by the grant (engine.hostqueue)
+    unknown = [k for k, mark in enumerate(marks) if mark is None]
+    if unknown:  # a check granted at its submit, or queued by an older version
+        try:
+            got = dispatch.take_marks([entries[k]["r"] for k in unknown])
+        except redis.exceptions.RedisError:
+            log.warning("Could not drop the pending marks of %d checks", len(unknown))
+            got = [None] * len(unknown)
+        for k, mark in zip(unknown, got):
+            marks[k] = mark.decode() if mark else None
+    for e, mark in zip(entries, marks):
+        if mark != e["q"] + (dispatch.FORCED if e["f"] else ""):
+            ahead.forget(e["r"])
     for grant in grants:
         _wake(grant, time.monotonic() + grant.wait)
 
