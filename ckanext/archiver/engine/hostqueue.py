@@ -15,7 +15,8 @@ workers: at most ``max_concurrent`` leases per host, starts at least the
 host's current gap apart.
 
 The gap follows the host, in the spirit of Scrapy's AutoThrottle: after a
-response in time its target is ``latency / max_concurrent`` (about
+response in time (``latency``: the caller's measure, the worker's is the
+time to the response's headers) its target is ``latency / max_concurrent`` (about
 ``max_concurrent`` requests in flight, spread evenly), never less than
 ``min_interval`` and never more than ``max_interval``; the gap moves half
 way towards the target when that is faster, at once when slower. A

@@ -155,11 +155,19 @@ def give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None
         start(hostqueue().release(
             grant.host, grant.token,
             outcome.host_answered if outcome else None,
-            latency=outcome.duration if outcome else None,
+            latency=_latency(outcome),
             http_status=outcome.http_status if outcome else None,
             retry_after=outcome.retry_after if outcome else None))
     except redis.exceptions.RedisError:  # the lease expires by itself
         log.warning("Could not release the slot of host %s", grant.host)
+
+
+def _latency(outcome: Optional[Outcome]) -> Optional[float]:
+    """How long the host took: to its response's headers when it sent one
+    (the whole attempt otherwise)."""
+    if outcome is None:
+        return None
+    return outcome.latency if outcome.latency is not None else outcome.duration
 
 
 def not_tried(job: Job, host: str, timeouts: int) -> Outcome:
