@@ -62,6 +62,7 @@ class BatchResult:
     late: list[Job] = field(default_factory=list)  # still downloading (handed off)
     deferred: list[Job] = field(default_factory=list)  # on their hosts' waiting lists
     busy: list[Job] = field(default_factory=list)  # being archived by another worker
+    recording: list[str] = field(default_factory=list)  # claims the recorder releases
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -159,8 +160,10 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                                 force, attempt, polite, wait_max, on_late, handed_off,
                                 queued_at, defer, grant, max_retries)
     finally:
-        late_ids = {job.resource_id for job in result.late}
-        claims.release([rid for rid in claimed if rid not in late_ids])
+        # a check that waited for its host keeps its claim until the
+        # recorder has written its row (no second check in between)
+        kept = {job.resource_id for job in result.late} | set(result.recording)
+        claims.release([rid for rid in claimed if rid not in kept])
 
 
 def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
@@ -215,6 +218,7 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
     result.recorded, result.retry = split_retries(done, attempt, max_retries)
     result.late = late
     if grant is not None:  # a check that waited for its host
+        result.recording = [job.resource_id for job in result.recorded + result.retry]
         _recorder().add((result, queue_name, run, on_late), urgent=queue_name == "priority")
         return result
     # every attempt is recorded, so the page says what happened last; only
@@ -320,9 +324,14 @@ def _record_granted(items: list[tuple]) -> None:
     finished (``model.rounds``); then each batch's ``on_late``."""
     committed: list[Job] = []
     finished: set[str] = set()
-    if items:
-        jobs = [job for result, *_ in items for job in result.recorded + result.retry]
-        committed, finished = save(jobs, items[0][2])
+    try:
+        if items:
+            jobs = [job for result, *_ in items for job in result.recorded + result.retry]
+            committed, finished = save(jobs, items[0][2])
+    finally:
+        for result, _queue_name, run, _on_late in items:
+            if run.claims is not None:
+                run.claims.release(result.recording)
     saved = {id(job) for job in committed}
     queues: dict[str, list[Job]] = {}
     for result, queue_name, _run, _on_late in items:
