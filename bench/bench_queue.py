@@ -1188,6 +1188,9 @@ def part5(ctx, big: bool = False, only: tuple = PART5_RUNS) -> dict:
     for r in runs:
         say(_cluster_line(r))
         say(f"{'':34} {r['cpu']}")
+        if r["attempts"] > 1:  # which checks were recorded more than once
+            say(f"{'':34} {r['attempts'] * r['n'] - r['n']:.0f} checks more than "
+                f"resources; statuses: {r['statuses']}")
     say("  (res/s until every row has a final status; ceiling: what per-host politeness "
         "allows at best; CPU ms: worker CPU per resource; att.: checks recorded per "
         "resource (history rows); req.: requests the origin got per resource; most: "
