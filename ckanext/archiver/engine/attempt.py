@@ -140,6 +140,7 @@ class _Attempt(Download):
         self.staged: Optional[Sink] = None
         self.deadline: Optional[Deadline] = None
         self.host_answered: Optional[bool] = None
+        self.latency: Optional[float] = None
         self.moved_to: Optional[str] = None
 
     # -- plumbing ------------------------------------------------------------
@@ -149,6 +150,7 @@ class _Attempt(Download):
         fields.setdefault("url_redirected_to", redirected)
         fields.setdefault("bytes_received", self.bytes_received)
         fields.setdefault("host_answered", self.host_answered)
+        fields.setdefault("latency", self.latency)
         fields.setdefault("moved_to", self.moved_to)
         for key, value in self.info.items():
             fields.setdefault(key, value)
@@ -287,6 +289,7 @@ class _Attempt(Download):
             raise self._request_error(e, url) from None
         if first_hop:
             self.host_answered = True
+            self.latency = response.elapsed.total_seconds()
         return response
 
     # -- response handling ---------------------------------------------------

@@ -7,14 +7,16 @@ then in order of arrival) and returns at once. Whenever a slot comes free
 (``release``, or ``pump`` for slots whose holder died and whose lease ran
 out), the script hands out the heads of the list as *grants*: the slot is
 leased to the grant from the moment it is given, and the grant says when
-its request may start (the host's pace). The process that freed the slot
+its request may start (the host's pace), and the entry's waiting mark
+goes (``Grant.mark``: what it said then). The process that freed the slot
 runs what it was handed (see ``engine.timer``). So no thread, process or
 prefetched task ever waits for a busy host, and the limits hold across all
 workers: at most ``max_concurrent`` leases per host, starts at least the
 host's current gap apart.
 
 The gap follows the host, in the spirit of Scrapy's AutoThrottle: after a
-response in time its target is ``latency / max_concurrent`` (about
+response in time (``latency``: the caller's measure, the worker's is the
+time to the response's headers) its target is ``latency / max_concurrent`` (about
 ``max_concurrent`` requests in flight, spread evenly), never less than
 ``min_interval`` and never more than ``max_interval``; the gap moves half
 way towards the target when that is faster, at once when slower. A
@@ -49,7 +51,9 @@ WAITING_MEMORY = 7 * 24 * 3600  # as long as a pending mark
 # KEYS: 1 leases (zset token -> expiry), 2 time of the last (reserved)
 # start, 3 timeouts in a row, 4 probe mark, 5 pace (hash: delay,
 # not_before, seq), 6 waiting (zset entry -> class * 1e15 + seq), 7 the set
-# of hosts with a waiting list.
+# of hosts with a waiting list, 8 the waiting entries' marks (hash entry ->
+# the mark's key; the marks themselves are the caller's keys, named here,
+# not in KEYS: one Redis, not a cluster).
 # ARGV: 1 max concurrent, 2 min interval, 3 lease, 4 down after (0 never),
 # 5 probe interval, 6 start interval, 7 host, 8 horizon, then the script's.
 _COMMON = """
@@ -64,7 +68,19 @@ local function timeouts_down()
   return timeouts, limit > 0 and timeouts >= limit
 end
 
--- hand out the heads of the waiting list while slots are free
+-- a granted entry's mark goes (the entry no longer waits): its value
+local function take_mark(entry)
+  local key = redis.call('HGET', KEYS[8], entry)
+  if not key then return false end
+  redis.call('HDEL', KEYS[8], entry)
+  local value = redis.call('GET', key)
+  redis.call('DEL', key)
+  return value or ''
+end
+
+-- hand out the heads of the waiting list while slots are free; each
+-- grant is 4 values: entry, token, ms (or -timeouts), its mark's value
+-- ('' none, false: not known)
 local function grant(now, out)
   local C = tonumber(ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -78,6 +94,7 @@ local function grant(now, out)
     if down and redis.call('EXISTS', KEYS[4]) == 1 then
       redis.call('ZREM', KEYS[6], head[1])
       table.insert(out, head[1]); table.insert(out, ''); table.insert(out, -timeouts)
+      table.insert(out, take_mark(head[1]))
     else
       if redis.call('ZCARD', KEYS[1]) >= C then break end
       local delay = tonumber(redis.call('HGET', KEYS[5], 'delay') or ARGV[6])
@@ -97,13 +114,14 @@ local function grant(now, out)
                  'EX', math.ceil(start - now + delay) + 60)
       table.insert(out, head[1]); table.insert(out, token)
       table.insert(out, math.floor((start - now) * 1000))
+      table.insert(out, take_mark(head[1]))
     end
   end
   return out
 end
 """
 
-# KEYS 8 the entry's pending mark ('' none). ARGV 9 entry, 10 class (0
+# KEYS 9 the entry's pending mark ('' none). ARGV 9 entry, 10 class (0
 # priority, 1 bulk), 11 the mark's value, 12 its expiry. Returns {-timeouts}
 # when the host does not answer (the entry is not queued), else {0,
 # grants...}. The mark is set (never lowered from 'priority' or a forced
@@ -121,11 +139,13 @@ redis.call('EXPIRE', KEYS[6], 604800)
 redis.call('EXPIRE', KEYS[5], 86400)
 redis.call('SADD', KEYS[7], ARGV[7])
 local out = grant(now, {0})
-if KEYS[8] ~= '' and redis.call('ZSCORE', KEYS[6], ARGV[9]) then
-  local held = redis.call('GET', KEYS[8])
+if KEYS[9] ~= '' and redis.call('ZSCORE', KEYS[6], ARGV[9]) then
+  local held = redis.call('GET', KEYS[9])
   if held ~= 'priority:force' and (held ~= 'priority' or ARGV[11] == 'priority:force') then
-    redis.call('SET', KEYS[8], ARGV[11], 'EX', ARGV[12])
+    redis.call('SET', KEYS[9], ARGV[11], 'EX', ARGV[12])
   end
+  redis.call('HSET', KEYS[8], ARGV[9], KEYS[9])
+  redis.call('EXPIRE', KEYS[8], 604800)
 end
 return out
 """
@@ -171,13 +191,16 @@ return grant(now_s(), {0})
 class Grant:
     """A waiting check given a slot: start it ``wait`` seconds from now and
     ``release`` ``token`` after. ``timeouts`` > 0: the host does not answer
-    (no slot, no token): record it as not tried."""
+    (no slot, no token): record it as not tried. ``mark``: the value of
+    the entry's waiting mark when the grant dropped it ('' gone meanwhile,
+    None: the entry had none)."""
 
     host: str
     entry: str
     token: str
     wait: float
     timeouts: int = 0
+    mark: Optional[str] = None
 
 
 class HostQueue:
@@ -207,7 +230,7 @@ class HostQueue:
     def _keys(self, host: str) -> list[str]:
         base = f"{self.prefix}:host:{host.lower()}"
         return [base + ":leases", base + ":last", base + ":timeouts", base + ":probe",
-                base + ":pace", base + ":waiting", self.hosts_key]
+                base + ":pace", base + ":waiting", self.hosts_key, base + ":marks"]
 
     def _args(self, host: str) -> list:
         return [self.max_concurrent, self.min_interval, self.lease, self.down_after,
@@ -216,14 +239,16 @@ class HostQueue:
     @staticmethod
     def _grants(host: str, reply: list) -> list[Grant]:
         out = []
-        for k in range(1, len(reply) - 2, 3):
-            entry, token, ms = reply[k], reply[k + 1], int(reply[k + 2])
+        for k in range(1, len(reply) - 3, 4):
+            entry, token, ms, mark = reply[k:k + 4]
+            ms = int(ms)
             entry = entry.decode() if isinstance(entry, bytes) else entry
             token = token.decode() if isinstance(token, bytes) else token
+            mark = mark.decode() if isinstance(mark, bytes) else (mark or None)
             if ms < 0:
-                out.append(Grant(host, entry, "", 0.0, timeouts=-ms))
+                out.append(Grant(host, entry, "", 0.0, timeouts=-ms, mark=mark))
             else:
-                out.append(Grant(host, entry, token, ms / 1000))
+                out.append(Grant(host, entry, token, ms / 1000, mark=mark))
         return out
 
     def submit(self, host: str, entry: str, priority: bool = False,
@@ -289,18 +314,20 @@ class HostQueue:
                 "not_before": float(pace.get(b"not_before", 0)),
                 "waiting": int(waiting), "leased": int(leased)}
 
-    def waiting(self, host: str) -> list[str]:
-        return [e.decode() for e in self.client.zrange(self._keys(host.lower())[5], 0, -1)]
+    def waiting(self, host: str, limit: Optional[int] = None) -> list[str]:
+        """The entries waiting for ``host``, next first (the first ``limit``)."""
+        end = -1 if limit is None else max(limit, 1) - 1
+        return [e.decode() for e in self.client.zrange(self._keys(host.lower())[5], 0, end)]
 
     def purge(self) -> int:
         """Forget every waiting list; return how many checks were on them."""
         removed = 0
         for raw in self.client.smembers(self.hosts_key):
-            key = self._keys(raw.decode())[5]
-            removed += int(self.client.zcard(key))
-            self.client.delete(key)
+            keys = self._keys(raw.decode())
+            removed += int(self.client.zcard(keys[5]))
+            self.client.delete(keys[5], keys[7])
         for key in self.client.scan_iter(match=f"{self.prefix}:host:*:waiting", count=1000):
             removed += int(self.client.zcard(key))
-            self.client.delete(key)
+            self.client.delete(key, key[:-len(b"waiting")] + b"marks")
         self.client.delete(self.hosts_key)
         return removed

@@ -116,6 +116,10 @@ class Outcome:
     # the URL's own host: True once it sent a response, False when it timed
     # out before sending one, None when neither is known
     host_answered: Optional[bool] = None
+    # seconds from the URL's own request to its response's headers (None:
+    # no response): what the host's pace follows (engine.hostqueue), as
+    # Scrapy's AutoThrottle does, without the client's own work around it
+    latency: Optional[float] = None
     checked_at: datetime = field(default_factory=now_utc)
 
     @property

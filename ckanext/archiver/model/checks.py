@@ -278,10 +278,24 @@ def _superseded(jobs: list[Job]) -> set[str]:
             and (current[job.resource_id] or "").strip() != (job.url or "").strip()}
 
 
+_upserts: dict[tuple[str, ...], Any] = {}
+
+
+def _upsert(columns: tuple[str, ...]) -> Any:
+    """The ``INSERT .. ON CONFLICT`` of rows with ``columns`` (built once:
+    a check that waited for its host is written with few others)."""
+    stmt = _upserts.get(columns)
+    if stmt is None:
+        stmt = pg_insert(Archival.__table__)
+        stmt = _upserts[columns] = stmt.on_conflict_do_update(
+            index_elements=["resource_id"],
+            set_={c: stmt.excluded[c] for c in columns if c != "resource_id"})
+    return stmt
+
+
 def write_rows(jobs: list[Job], now: datetime.datetime, recheck_days: int) -> None:
     """The statements of ``save``, without the commit. A job whose resource
     has another URL by now (``job.superseded``) gets its history row only."""
-    table = Archival.__table__
     # a result for a URL the resource no longer has goes to the history only
     superseded = _superseded(jobs)
     for job in jobs:
@@ -300,11 +314,7 @@ def write_rows(jobs: list[Job], now: datetime.datetime, recheck_days: int) -> No
         groups.setdefault(tuple(sorted(values)), []).append(
             dict(values, id=job.resource_id, created=now))
     for columns, rows in groups.items():
-        stmt = pg_insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["resource_id"],
-            set_={c: stmt.excluded[c] for c in columns if c != "resource_id"})
-        model.Session.execute(stmt, rows)
+        model.Session.execute(_upsert(columns), rows)
     # one history row per attempt (a freshness skip is no check)
     history = [{
         "resource_id": job.resource_id, "package_id": job.package_id,

@@ -68,6 +68,7 @@ class BatchResult:
     # the busy ones, sent again, are skipped if recorded since then (even
     # forced): the request was made by then at the latest
     busy_since: Optional[datetime.datetime] = None
+    recording: list[str] = field(default_factory=list)  # claims the recorder releases
 
     def counts(self) -> dict[str, int]:
         out = {"archived": 0, "unchanged": 0, "broken": 0, "not sure": 0}
@@ -98,7 +99,8 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                   on_late: Optional[Callable[[BatchResult], None]] = None,
                   handed_off_at: Optional[str] = None, defer: bool = False,
                   grant: Optional[Grant] = None,
-                  max_retries: Optional[int] = None) -> BatchResult:
+                  max_retries: Optional[int] = None,
+                  jobs: Optional[list[Job]] = None) -> BatchResult:
     """Archive resources now, in this process.
 
     ``max_retries`` (default: the ``max_retries`` option) caps the attempts
@@ -119,14 +121,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
     skips resources recorded since then (a check of handed-off downloads
     whose worker may have died, or of resources found busy: the
     ``result.busy_since`` of the batch that found them busy), even with
-    ``force``.
+    ``force``. ``jobs``: the resources as loaded already (``worker.ahead``).
     """
     asked = utcnow()  # this check was requested by now at the latest
     result = BatchResult()
     queued = datetime.datetime.fromisoformat(queued_at) if queued_at else None
     handed_off = datetime.datetime.fromisoformat(handed_off_at) if handed_off_at else None
     options = config.current()
-    jobs = checks.load_jobs(list(resource_ids))
+    if jobs is None:
+        jobs = checks.load_jobs(list(resource_ids))
     if grant is not None:
         for job in jobs:
             job.grant = grant
@@ -141,10 +144,15 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
         if job.skip_reason and job.grant is not None:
             hosts.give_back(job.grant)
             job.grant = None
-    claims = Claims(options)
+    # a bulk check that waited for its host: the process's claims (one
+    # heartbeat for all); an edit's check has its own (it takes the claim
+    # over from a check of the old URL, whose release must not drop it)
+    claims = (Claims.of_process(options) if grant is not None and queue_name == "bulk"
+              else Claims(options))
+    claimed: list[str] = []
     if todo:  # never archived twice at the same time, on any host
-        _claimed, busy = claims.claim([job.resource_id for job in todo],
-                                      [job.url for job in todo])
+        claimed, busy = claims.claim([job.resource_id for job in todo],
+                                     [job.url for job in todo])
         if busy:
             busy_ids = set(busy)
             # a row written after this (by the worker holding them, most
@@ -158,22 +166,17 @@ def archive_batch(resource_ids: list[str], queue_name: str = "bulk",
                     job.grant = None
             result.skipped += result.busy
             todo = [job for job in todo if job.resource_id not in busy_ids]
-    recording = False
     try:
-        _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
-                         force, attempt, polite, wait_max, on_late, handed_off,
-                         queued_at, defer, grant, max_retries)
-        # a check that waited for its host: the recorder releases its claim
-        recording = grant is not None and bool(result.recorded or result.retry)
-        return result
+        return _archive_claimed(todo, result, claims, options, resource_ids, queue_name,
+                                force, attempt, polite, wait_max, on_late, handed_off,
+                                queued_at, defer, grant, max_retries)
     finally:
         # the rows written released their claims; what is left (an error,
         # nothing to record) goes now, but not the downloads still running
-        # (handed off) nor a check whose row the recorder is writing
-        kept = {job.resource_id for job in result.late}
-        if recording:
-            kept.update(job.resource_id for job in result.recorded + result.retry)
-        claims.release([rid for rid in list(claims.held) if rid not in kept])
+        # (handed off) nor a check whose row the recorder is writing (it
+        # keeps its claim until then: no second check in between)
+        kept = {job.resource_id for job in result.late} | set(result.recording)
+        claims.release([rid for rid in claimed if rid not in kept])
 
 
 def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
@@ -228,7 +231,8 @@ def _archive_claimed(todo: list[Job], result: BatchResult, claims: Claims,
     result.recorded, result.retry = split_retries(done, attempt, max_retries)
     result.late = late
     if grant is not None:  # a check that waited for its host
-        _recorder().add((result, queue_name, run, on_late))
+        result.recording = [job.resource_id for job in result.recorded + result.retry]
+        _recorder().add((result, queue_name, run, on_late), urgent=queue_name == "priority")
         return result
     # every attempt is recorded, so the page says what happened last; only
     # final results whose rows were committed are announced downstream
@@ -351,7 +355,7 @@ def _record_granted(items: list[tuple]) -> None:
     finally:  # each check's claim (its own batch's), once its row is committed
         for result, _queue_name, run, _on_late in items:
             if run.claims is not None:
-                run.claims.release([job.resource_id for job in result.recorded + result.retry])
+                run.claims.release(result.recording)
     saved = {id(job) for job in committed}
     queues: dict[str, list[Job]] = {}
     for result, queue_name, _run, _on_late in items:

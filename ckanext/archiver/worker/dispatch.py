@@ -25,7 +25,7 @@ from ckanext.archiver.engine.hostqueue import HostQueue
 from ckanext.archiver.model import Archival, rows, utcnow
 from ckanext.archiver.worker import app, housekeeping
 
-__all__ = ["QUEUES", "PENDING_TTL", "enqueue", "release", "requeue_lost", "lengths",
+__all__ = ["QUEUES", "PENDING_TTL", "enqueue", "release", "take_marks", "requeue_lost", "lengths",
            "purge", "needing_check", "after_commit", "batches"]
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,17 @@ def release(resource_ids: Iterable[str]) -> None:
     pending = [keys.pending(options, rid) for rid in resource_ids]
     if pending:
         keys.client(options).delete(*pending)
+
+
+def take_marks(resource_ids: Sequence[str]) -> list[Optional[bytes]]:
+    """``release``, returning each resource's pending mark as it was."""
+    options = config.current()
+    if not resource_ids:
+        return []
+    with keys.client(options).pipeline(transaction=False) as pipe:
+        for rid in resource_ids:
+            pipe.getdel(keys.pending(options, rid))
+        return pipe.execute()
 
 
 def batches(items: Sequence[Item], size: int) -> list[list[Item]]:

@@ -27,7 +27,7 @@ from ckanext.archiver.engine.hostqueue import Grant, HostQueue
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import rows
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import dispatch
+from ckanext.archiver.worker import ahead, dispatch
 
 __all__ = ["Deferral", "hostqueue", "serve", "start", "give_back", "take_slot", "not_tried",
            "entry_of", "RECHECK", "SHORT_WAIT"]
@@ -95,22 +95,35 @@ def entry_of(grant: Grant) -> dict:
 
 def start(grants: list[Grant]) -> None:
     """Run each granted check when its start is due (no thread waits). Its
-    row says it started now (``started_at``), then its pending mark goes:
-    should this process die before its row is written, the check looks
-    lost, and the live workers' sweep (``worker.lost``) queues it again
-    once it is older than any check can last."""
+    row says it started now (``started_at``; its pending mark went with the
+    grant, ``engine.hostqueue``): should this process die before its row is
+    written, the check looks lost, and the live workers' sweep
+    (``worker.lost``) queues it again once it is older than any check can
+    last. A mark that is no longer the one its check set (an edit raised
+    it, a priority check ran meanwhile) makes what was loaded ahead for it
+    out of date (``worker.ahead``)."""
     if not grants:
         return
-    ids = [entry_of(g)["r"] for g in grants]
+    entries = [entry_of(g) for g in grants]
+    ids = [e["r"] for e in entries]
     try:
         rows.mark_started(ids)
     except Exception as e:  # noqa: BLE001 - the database: the check still runs
         log.warning("Could not mark %d granted checks started (%s)", len(ids),
                     type(e).__name__)
-    try:
-        dispatch.release(ids)
-    except redis.exceptions.RedisError:
-        log.warning("Could not drop the pending marks of %d checks", len(grants))
+    marks = [g.mark for g in grants]  # dropped by the grant (engine.hostqueue)
+    unknown = [k for k, mark in enumerate(marks) if mark is None]
+    if unknown:  # a check granted at its submit, or queued by an older version
+        try:
+            got = dispatch.take_marks([ids[k] for k in unknown])
+        except redis.exceptions.RedisError:
+            log.warning("Could not drop the pending marks of %d checks", len(unknown))
+            got = [None] * len(unknown)
+        for k, mark in zip(unknown, got):
+            marks[k] = mark.decode() if mark else None
+    for e, mark in zip(entries, marks):
+        if mark != e["q"] + (dispatch.FORCED if e["f"] else ""):
+            ahead.forget(e["r"])
     for grant in grants:
         _wake(grant, time.monotonic() + grant.wait)
 
@@ -152,11 +165,19 @@ def give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None
         start(hostqueue().release(
             grant.host, grant.token,
             outcome.host_answered if outcome else None,
-            latency=outcome.duration if outcome else None,
+            latency=_latency(outcome),
             http_status=outcome.http_status if outcome else None,
             retry_after=outcome.retry_after if outcome else None))
     except redis.exceptions.RedisError:  # the lease expires by itself
         log.warning("Could not release the slot of host %s", grant.host)
+
+
+def _latency(outcome: Optional[Outcome]) -> Optional[float]:
+    """How long the host took: to its response's headers when it sent one
+    (the whole attempt otherwise)."""
+    if outcome is None:
+        return None
+    return outcome.latency if outcome.latency is not None else outcome.duration
 
 
 def not_tried(job: Job, host: str, timeouts: int) -> Outcome:

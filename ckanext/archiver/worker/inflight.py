@@ -78,15 +78,28 @@ def _digest(url: Optional[str]) -> str:
 class Claims:
     """The claims of one batch (see the module docstring)."""
 
-    def __init__(self, options: config.Options, ttl: int = TTL):
+    def __init__(self, options: config.Options, ttl: int = TTL, shared: bool = False):
         self.options = options
         self.ttl = ttl
+        self.shared = shared  # the process's (of_process): its heartbeat never stops
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._redis = keys.client(options)
+
+    @classmethod
+    def of_process(cls, options: config.Options) -> Claims:
+        """This process's claims for the checks that waited for their host
+        (each a batch of one: one heartbeat thread for all of them, not one
+        each). A forked worker child makes its own."""
+        key = (os.getpid(), id(keys.client(options)), keys.running(options, ""))
+        claims = _shared.get(key)
+        if claims is None:
+            with _shared_lock:
+                claims = _shared.setdefault(key, cls(options, shared=True))
+        return claims
 
     def _key(self, resource_id: str) -> str:
         return keys.running(self.options, resource_id)
@@ -111,9 +124,11 @@ class Claims:
         claimed = [rid for rid, ok in zip(ids, got) if ok]
         with self._lock:
             self.held.update(claimed)
-        if claimed and self._thread is None:
-            self._thread = threading.Thread(target=self._beat, daemon=True,
-                                            name="archiver-claims")
+            start = claimed and self._thread is None
+            if start:
+                self._thread = threading.Thread(target=self._beat, daemon=True,
+                                                name="archiver-claims")
+        if start:
             self._thread.start()
         return claimed, [rid for rid, ok in zip(ids, got) if not ok]
 
@@ -128,7 +143,7 @@ class Claims:
                                  self.token + ":")
             except redis.exceptions.RedisError as e:  # they expire by themselves
                 log.warning("Could not release claims in Redis (%s)", e)
-        if empty:
+        if empty and not self.shared:
             self._stop.set()
 
     def _beat(self) -> None:
@@ -136,9 +151,15 @@ class Claims:
             with self._lock:
                 ids = list(self.held)
             if not ids:
+                if self.shared:
+                    continue
                 break
             try:
                 self._redis.eval(_EXTEND, len(ids), *[self._key(r) for r in ids],
                                  self.token + ":", self.ttl)
             except redis.exceptions.RedisError as e:
                 log.warning("Could not extend claims in Redis (%s)", e)
+
+
+_shared: dict[tuple, Claims] = {}
+_shared_lock = threading.Lock()

@@ -31,7 +31,7 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.zipper import DatasetZip
 from ckanext.archiver.model import checks, utcnow
 from ckanext.archiver.model.checks import Job
-from ckanext.archiver.worker import app, dispatch, hosts, inflight, zips
+from ckanext.archiver.worker import ahead, app, dispatch, hosts, inflight, zips
 from ckanext.archiver.worker.batch import BatchResult, archive_batch, record_errors
 from ckanext.archiver.worker.retry import MAX_DELIVERIES, backoff, late_check_delay
 
@@ -172,8 +172,9 @@ def _run_granted(grant: Grant) -> None:
         _queue_retries(result.retry, e["q"], e["f"], e["a"])
 
     try:
+        job = ahead.job_for(grant, hosts.hostqueue())
         result = archive_batch([e["r"]], e["q"], e["t"], e["f"], e["a"], grant=grant,
-                               on_late=retry)
+                               on_late=retry, jobs=[job])
         _send_busy(result, e["q"], e["t"], e["f"], e["a"], 0)
     except Exception:
         log.exception("Archiving resource %s (its host's turn came) failed", e["r"])

@@ -107,6 +107,18 @@ def test_archives_a_csv(run, raw_server):
     assert request.header("if-none-match") is None
 
 
+def test_latency_is_the_time_to_the_headers_not_the_whole_attempt(run, raw_server):
+    """What the host's pace follows (engine.hostqueue): a body that takes
+    long to arrive does not make the host look slow to answer."""
+    url = raw_server.route("/slow-body.csv", drip(b"a,b\n1,2\n", 0.05))
+    outcome = run(url)
+    assert outcome.status_id == status.ARCHIVED
+    assert outcome.duration >= 0.35
+    assert 0 < outcome.latency < 0.2
+    refused = run("http://127.0.0.1:9/x.csv")
+    assert refused.latency is None, "no response: no latency"
+
+
 def test_empty_body(run, raw_server):
     outcome = run(raw_server.route("/empty.csv", serve_bytes(b"", "text/csv")))
     assert outcome.status_id == status.ARCHIVED

@@ -74,6 +74,26 @@ def test_the_waiting_mark_is_set_only_while_waiting(queue_for):
     assert client.get(marks[2]) == b"priority", "never lowered"
 
 
+def test_a_grant_drops_the_waiting_mark_and_says_what_it_was(queue_for):
+    """The mark goes with the grant (no second round trip), and the grant
+    says what it said then: an edit raised it to priority meanwhile."""
+    hq = queue_for(max_concurrent=1)
+    client = hq.client
+    marks = [f"{hq.prefix}:pending:{k}" for k in range(3)]
+    [first] = hq.submit("example.org", "0", mark=(marks[0], "bulk"))[1]
+    assert first.mark is None, "granted at once: it had no waiting mark"
+    hq.submit("example.org", "1", mark=(marks[1], "bulk"))
+    hq.submit("example.org", "2", mark=(marks[2], "bulk"))
+    client.set(marks[2], "priority")  # an edit raised it while it waited
+    [nxt] = hq.release("example.org", first.token)
+    assert (nxt.entry, nxt.mark) == ("1", "bulk")
+    assert client.get(marks[1]) is None
+    [last] = hq.release("example.org", nxt.token)
+    assert (last.entry, last.mark) == ("2", "priority")
+    assert client.get(marks[2]) is None
+    assert client.hlen(hq._keys("example.org")[7]) == 0
+
+
 def test_a_forced_checks_mark_is_never_lowered_and_raises_priority(queue_for):
     """A forced check waiting for its host keeps ``priority:force`` (so a
     second "Check link now" is not queued twice), and a routine check never
