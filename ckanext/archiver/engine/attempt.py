@@ -261,25 +261,19 @@ class _Attempt(Download):
         raise AssertionError("unreachable")
 
     def _request(self, url: str, validators: dict) -> requests.Response:
-        s = self.settings
-        left = self.deadline.remaining()
-        if left is not None and left <= 0:
-            raise self._timeout()
-        connect = min(s.connect_timeout, left) if left is not None else s.connect_timeout
-        read = min(s.read_timeout, left) if left is not None else s.read_timeout
-        proxies = {"http": s.proxy, "https": s.proxy} if s.proxy else None
         first_hop = url == self.url
         try:
-            response = self.session.request(
-                "GET",
-                url,
-                headers=validators,
-                stream=True,
-                allow_redirects=False,
-                timeout=(connect, read),
-                proxies=proxies,
-                verify=s.verify_https,
-            )
+            try:
+                response = self._send(url, validators)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+                if not errors.stale_connection(e):
+                    raise
+                # The server was closing the pooled connection as the request
+                # went (keep-alive timeout), before any byte of a response:
+                # once more, on a new connection (one retry, never counted).
+                log.debug("Pooled connection to %s was closed; retrying on a new one", url)
+                with netguard.fresh_connections():
+                    response = self._send(url, validators)
         except BlockedAddress as e:
             raise self.stop(status.URL_INVALID, e.reason) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
@@ -291,6 +285,25 @@ class _Attempt(Download):
             self.host_answered = True
             self.latency = response.elapsed.total_seconds()
         return response
+
+    def _send(self, url: str, validators: dict) -> requests.Response:
+        s = self.settings
+        left = self.deadline.remaining()
+        if left is not None and left <= 0:
+            raise self._timeout()
+        connect = min(s.connect_timeout, left) if left is not None else s.connect_timeout
+        read = min(s.read_timeout, left) if left is not None else s.read_timeout
+        proxies = {"http": s.proxy, "https": s.proxy} if s.proxy else None
+        return self.session.request(
+            "GET",
+            url,
+            headers=validators,
+            stream=True,
+            allow_redirects=False,
+            timeout=(connect, read),
+            proxies=proxies,
+            verify=s.verify_https,
+        )
 
     # -- response handling ---------------------------------------------------
 

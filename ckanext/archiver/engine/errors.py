@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 from http.client import RemoteDisconnected
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import requests
 import urllib3
@@ -14,6 +14,7 @@ from urllib3.exceptions import DecodeError, NameResolutionError
 
 from ckanext.archiver import status
 from ckanext.archiver.engine.headers import human, mb
+from ckanext.archiver.engine.netguard import STALE
 from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.engine.urlnorm import host_of
 
@@ -28,21 +29,30 @@ class Done(Exception):
 READ_TIMEOUTS = (urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout, socket.timeout)
 
 
-def find(exc: BaseException, types: tuple) -> Optional[BaseException]:
-    """The first exception of ``types`` in ``exc``'s chain: causes, contexts,
-    ``args`` and urllib3's ``reason``."""
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions linked to it: causes, contexts, ``args``
+    and urllib3's ``reason``, nearest first."""
     seen, todo = set(), [exc]
     while todo:
         current = todo.pop(0)
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, types):
-            return current
+        yield current
         linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
         linked.extend(getattr(current, "args", ()))
         todo.extend(item for item in linked if isinstance(item, BaseException))
-    return None
+
+
+def find(exc: BaseException, types: tuple) -> Optional[BaseException]:
+    """The first exception of ``types`` in ``exc``'s chain."""
+    return next((current for current in chain(exc) if isinstance(current, types)), None)
+
+
+def stale_connection(exc: BaseException) -> bool:
+    """True when ``exc`` is a pooled connection the server had closed, found
+    out before any byte of a response (marked by ``engine.netguard``)."""
+    return any(getattr(current, STALE, False) for current in chain(exc))
 
 
 _UNTRUSTED_CODES = {2, 18, 19, 20, 21, 27}  # unknown issuer, self-signed, untrusted...

@@ -22,10 +22,17 @@ webhook. No CKAN imports. (URL normalisation, :func:`normalise_url`, is in
 The connections also tell an optional per-thread observer about the socket
 they use (:func:`observe_sockets`), which is how ``engine.attempt`` enforces its
 wall-clock deadline while a read is blocked.
+
+A connection reused from the pool that the server had already closed (its
+keep-alive timeout ran out just as the request went) fails before any byte of
+a response; that error is marked (:data:`STALE`) so ``engine.attempt`` can
+send the request once more under :func:`fresh_connections`, where every
+connection is a new one, connected (and checked) by the guard.
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
 import sys
@@ -46,9 +53,11 @@ from urllib3.util.connection import allowed_gai_family
 from ckanext.archiver.engine.urlnorm import InvalidURL, host_of, normalise_host, normalise_url
 
 __all__ = [
+    "STALE",
     "BlockedAddress",
     "Guard",
     "InvalidURL",
+    "fresh_connections",
     "host_of",
     "install_guard",
     "is_public_address",
@@ -219,6 +228,43 @@ def _notify(connection: Any, sock: Optional[socket.socket]) -> None:
         observer(connection, sock)
 
 
+@contextmanager
+def fresh_connections() -> Iterator[None]:
+    """While active, requests in this thread do not reuse pooled
+    connections: each one connects anew (through the guard)."""
+    previous = getattr(_local, "fresh", False)
+    _local.fresh = True
+    try:
+        yield
+    finally:
+        _local.fresh = previous
+
+
+# --------------------------------------------------------------------------
+# Stale pooled connections
+
+STALE = "archiver_stale_connection"  # attribute set (True) on the OSError
+_NOTHING = "archiver_nothing_received"
+
+
+class _Response(http.client.HTTPResponse):
+    """Marks a connection error that came before any byte of the response
+    (``begin`` peeks at the first byte; the peeked byte stays buffered)."""
+
+    def begin(self) -> None:
+        try:
+            started = bool(self.fp.peek(1))
+        except ConnectionError as e:  # reset, aborted, broken pipe
+            setattr(e, _NOTHING, True)
+            raise
+        try:
+            super().begin()
+        except ConnectionError as e:  # RemoteDisconnected: closed, nothing sent
+            if not started:
+                setattr(e, _NOTHING, True)
+            raise
+
+
 # --------------------------------------------------------------------------
 # urllib3 / requests plumbing
 
@@ -228,6 +274,8 @@ class _GuardedConnectionMixin:
     address; otherwise urllib3's behaviour (socket options, timeouts, errors)."""
 
     guard: Guard
+    response_class = _Response
+    archiver_reused = False  # set by the pool: the socket served a request before
 
     def _new_conn(self) -> socket.socket:
         if self.proxy is not None:  # the administrator's proxy, not the target
@@ -269,18 +317,37 @@ class _GuardedConnectionMixin:
             _notify(self, self.sock)
         return super().request(*args, **kwargs)
 
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().getresponse(*args, **kwargs)
+        except ConnectionError as e:
+            if self.archiver_reused and getattr(e, _NOTHING, False):
+                setattr(e, STALE, True)
+            raise
+
+
+class _GuardedPoolMixin:
+    """Notes on each connection whether it is reused (its socket is still
+    open from an earlier request); under :func:`fresh_connections` closes
+    that socket instead, as urllib3 does with a connection it finds dropped."""
+
+    def _get_conn(self, timeout: Optional[float] = None) -> Any:
+        conn = super()._get_conn(timeout)
+        if conn.sock is not None and getattr(_local, "fresh", False):
+            conn.close()
+        conn.archiver_reused = conn.sock is not None
+        return conn
+
 
 def _pool_classes(guard: Guard) -> dict:
     attrs = {"guard": guard}
     http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), attrs)
     https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), attrs)
     return {
-        "http": type(
-            "GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}
-        ),
-        "https": type(
-            "GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}
-        ),
+        "http": type("GuardedHTTPConnectionPool", (_GuardedPoolMixin, HTTPConnectionPool),
+                     {"ConnectionCls": http_conn}),
+        "https": type("GuardedHTTPSConnectionPool", (_GuardedPoolMixin, HTTPSConnectionPool),
+                      {"ConnectionCls": https_conn}),
     }
 
 
