@@ -198,31 +198,34 @@ class S3Store(UsedBytes):
 
     # -- reading ---------------------------------------------------------
 
-    def head(self, key: str) -> Optional[dict]:
-        """``{"size", "metadata", "last_modified"}`` of the object, None when
-        there is none."""
+    def _read_or_none(self, call: Any, key: str) -> Optional[dict]:
+        """``call`` (a client method) on the object; None when there is no
+        such object, a StoreError for any other failure."""
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=self.object_name(key))
+            return call(Bucket=self.bucket, Key=self.object_name(key))
         except botocore.exceptions.ClientError as e:
             if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
             raise StoreError(describe_error("Reading from the store failed", e)) from None
         except botocore.exceptions.BotoCoreError as e:
             raise StoreError(describe_error("Reading from the store failed", e)) from None
+
+    def head(self, key: str) -> Optional[dict]:
+        """``{"size", "metadata", "last_modified"}`` of the object, None when
+        there is none."""
+        r = self._read_or_none(self.client.head_object, key)
+        if r is None:
+            return None
         return {"size": r["ContentLength"], "metadata": r.get("Metadata") or {},
                 "last_modified": r.get("LastModified")}
 
     def read_bytes(self, key: str, limit: int = 1 << 20) -> Optional[bytes]:
         """The object's first ``limit`` bytes (a small record), None when
         there is no such object."""
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.object_name(key))["Body"]
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return None
-            raise StoreError(describe_error("Reading from the store failed", e)) from None
-        except botocore.exceptions.BotoCoreError as e:
-            raise StoreError(describe_error("Reading from the store failed", e)) from None
+        r = self._read_or_none(self.client.get_object, key)
+        if r is None:
+            return None
+        body = r["Body"]
         try:
             return body.read(limit)
         finally:

@@ -162,3 +162,16 @@ def s3_env(archiver_env, seaweedfs, ckan_config, monkeypatch, request):
     services._s3.cache_clear()
     yield services.storage()
     services._s3.cache_clear()
+
+
+@pytest.fixture
+def s3_cli(cli, make_ini, s3_env, seaweedfs):
+    """``s3_cli(*ARGS)``: `ckan -c <ini> archiver ARGS` with this test's bucket (``s3_env``)."""
+    from ckan.cli.cli import ckan
+
+    options = seaweedfs.options(s3_env.bucket)
+
+    def invoke(*args):
+        return cli.invoke(ckan, ["-c", make_ini(**options), "archiver", *args])
+
+    return invoke

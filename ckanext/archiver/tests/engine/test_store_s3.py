@@ -239,26 +239,13 @@ def test_archived_event_gives_the_url_and_the_key(raw_server, s3_env):
     assert row.cache_url.endswith(f"/resource/{res['id']}/archive/x.csv")
 
 
-@pytest.fixture
-def run(cli, make_ini, s3_env, seaweedfs):
-    """`ckan -c <ini> archiver ARGS` with this test's bucket."""
-    from ckan.cli.cli import ckan
-
-    options = seaweedfs.options(s3_env.bucket)
-
-    def invoke(*args):
-        return cli.invoke(ckan, ["-c", make_ini(**options), "archiver", *args])
-
-    return invoke
-
-
 def _archive_locally(ids, ckan_config, monkeypatch):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.storage_backend", "local")
     archive_batch(ids)
     monkeypatch.setitem(ckan_config, "ckanext.archiver.storage_backend", "s3")
 
 
-def test_migrate_storage_verifies_switches_and_resumes(raw_server, s3_env, run, archive_dir,
+def test_migrate_storage_verifies_switches_and_resumes(raw_server, s3_env, s3_cli, archive_dir,
                                                        ckan_config, monkeypatch):
     import os
 
@@ -276,11 +263,11 @@ def test_migrate_storage_verifies_switches_and_resumes(raw_server, s3_env, run, 
         f.write(b"tampered")
     os.unlink(d.cache_filepath)
 
-    dry = run("migrate-storage", "--dry-run")
+    dry = s3_cli("migrate-storage", "--dry-run")
     assert "Would switch 2 rows" in dry.output, dry.output
     assert [k for k, _, _ in s3_env.objects()] == [key_b]
 
-    result = run("migrate-storage")
+    result = s3_cli("migrate-storage")
     assert result.exit_code == 1, result.output
     assert "Switched 2 rows" in result.output and "1 already in the store" in result.output
     assert "1 files missing, 1 failed" in result.output
@@ -294,11 +281,11 @@ def test_migrate_storage_verifies_switches_and_resumes(raw_server, s3_env, run, 
         filename = row.cache_filepath.rsplit("/", 1)[-1]
         assert row.cache_url.endswith(f"/resource/{rid}/archive/{filename}")
     assert os.path.isabs(_row(ids[2]).cache_filepath)  # left as it was
-    again = run("migrate-storage")
+    again = s3_cli("migrate-storage")
     assert "Switched 0 rows" in again.output
 
 
-def test_clean_cached_removes_objects_of_deleted_resources(raw_server, s3_env, run):
+def test_clean_cached_removes_objects_of_deleted_resources(raw_server, s3_env, s3_cli):
     import io
 
     res = factories.Resource(url=raw_server.route("/k.csv", serve_bytes(b"k\n")))
@@ -307,8 +294,8 @@ def test_clean_cached_removes_objects_of_deleted_resources(raw_server, s3_env, r
     gone = s3_env.new_key("gone-resource-id", "old.csv")
     s3_env.upload_file(gone, io.BytesIO(b"12345"))
 
-    assert "Would remove 1 file, 5 bytes" in run("clean-cached", "--dry-run").output
-    assert "Removed 1 file, 5 bytes" in run("clean-cached").output
+    assert "Would remove 1 file, 5 bytes" in s3_cli("clean-cached", "--dry-run").output
+    assert "Removed 1 file, 5 bytes" in s3_cli("clean-cached").output
     assert [k for k, _, _ in s3_env.objects()] == [kept]
 
     # an object of a kept resource that no row names (a failed commit): swept

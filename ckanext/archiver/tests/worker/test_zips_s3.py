@@ -166,20 +166,7 @@ def test_a_failed_build_leaves_nothing_and_keeps_the_old_zip(archived, s3_env, c
     assert zips.built_zip(pkg["id"]).key == before.key
 
 
-@pytest.fixture
-def run(cli, make_ini, s3_env, seaweedfs):
-    """`ckan -c <ini> archiver ARGS` with this test's bucket."""
-    from ckan.cli.cli import ckan
-
-    options = seaweedfs.options(s3_env.bucket)
-
-    def invoke(*args):
-        return cli.invoke(ckan, ["-c", make_ini(**options), "archiver", *args])
-
-    return invoke
-
-
-def test_clean_cached_sweeps_zips(archived, s3_env, run):
+def test_clean_cached_sweeps_zips(archived, s3_env, s3_cli):
     kept = archived(BODIES)
     gone = archived({"g.csv": b"g\n"})
     kept_zip = zips.build(kept["id"]).package
@@ -188,11 +175,11 @@ def test_clean_cached_sweeps_zips(archived, s3_env, run):
     model.Session.query(model.Package).filter_by(id=gone["id"]).update({"state": "deleted"})
     model.Session.commit()
 
-    dry = run("clean-cached", "--dry-run")
+    dry = s3_cli("clean-cached", "--dry-run")
     # the deleted dataset's archived file, its zip and the zip's record
     assert "Would remove 3 files" in dry.output, dry.output
     assert len(_zip_objects(s3_env)) == 5
-    assert "Removed 3 files" in run("clean-cached").output
+    assert "Removed 3 files" in s3_cli("clean-cached").output
     assert _zip_objects(s3_env) == sorted([kept_zip.key, stray,
                                           f"packages/{kept['id']}/package.json"])
     # the stray zip no record names: swept once older than a build's upload
@@ -200,7 +187,7 @@ def test_clean_cached_sweeps_zips(archived, s3_env, run):
     assert _zip_objects(s3_env) == sorted([kept_zip.key, f"packages/{kept['id']}/package.json"])
 
 
-def test_migrate_storage_copies_local_zips(archived, s3_env, run, archive_dir, ckan_config,
+def test_migrate_storage_copies_local_zips(archived, s3_env, s3_cli, archive_dir, ckan_config,
                                           monkeypatch):
     monkeypatch.setitem(ckan_config, "ckanext.archiver.storage_backend", "local")
     pkg = archived(BODIES, name="lakes", on_disk=True)
@@ -210,9 +197,9 @@ def test_migrate_storage_copies_local_zips(archived, s3_env, run, archive_dir, c
     with open(local.path, "rb") as f:
         local_bytes = f.read()
 
-    assert "Would copy 1 dataset zip" in run("migrate-storage", "--dry-run").output
+    assert "Would copy 1 dataset zip" in s3_cli("migrate-storage", "--dry-run").output
     assert _zip_objects(s3_env) == []
-    out = run("migrate-storage", "--remove-local").output
+    out = s3_cli("migrate-storage", "--remove-local").output
     assert "Copied 1 dataset zip (0 already in the store)" in out, out
 
     moved = zips.built_zip(pkg["id"])
@@ -220,7 +207,7 @@ def test_migrate_storage_copies_local_zips(archived, s3_env, run, archive_dir, c
     assert s3_env.open(moved.key).read() == local_bytes
     assert not os.path.exists(os.path.dirname(local.path))
     assert zips.build(pkg["id"]).built is False  # still up to date: not rebuilt
-    assert "Copied 0 dataset zips" in run("migrate-storage").output
+    assert "Copied 0 dataset zips" in s3_cli("migrate-storage").output
 
 
 def test_one_build_at_a_time_across_hosts(archived, s3_env):
