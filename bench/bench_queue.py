@@ -1097,6 +1097,20 @@ def _history_rows(engine) -> int:
         return conn.execute(sa.text("SELECT count(*) FROM archival_history")).scalar()
 
 
+def _checked_twice(engine) -> list[str]:
+    """The history rows of resources checked more than once (at most 20)."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT h.resource_id, h.checked_at, h.status_id, h.attempt, h.duration "
+            "FROM archival_history h WHERE h.resource_id IN (SELECT resource_id "
+            "FROM archival_history GROUP BY 1 HAVING count(*) > 1 LIMIT 20) "
+            "ORDER BY 1, 2")).all()
+    return [f"{r[0]} {r[1]:%H:%M:%S.%f} status {r[2]} attempt {r[3]} "
+            f"{'-' if r[4] is None else f'{r[4]:.3f}'} s" for r in rows]
+
+
 def cluster_run(ctx, label: str, n: int, url_sql: str, hosts: dict[str, int],
                 latency: float, **params) -> dict:
     reset_data(ctx.engine)
@@ -1117,6 +1131,7 @@ def cluster_run(ctx, label: str, n: int, url_sql: str, hosts: dict[str, int],
         "least_gap": min(gaps) if gaps else None,
         "by_host": _by_host(ctx.engine, run["t0"]),
         "seen": seen,
+        "twice": _checked_twice(ctx.engine),
     })
     busiest = max(seen.values(), key=lambda h: h["requests"], default=None)
     if busiest and busiest["span"] > 0:
@@ -1191,6 +1206,8 @@ def part5(ctx, big: bool = False, only: tuple = PART5_RUNS) -> dict:
         if r["attempts"] > 1:  # which checks were recorded more than once
             say(f"{'':34} {r['attempts'] * r['n'] - r['n']:.0f} checks more than "
                 f"resources; statuses: {r['statuses']}")
+            for line in r.get("twice", ()):
+                say(f"{'':34} {line}")
     say("  (res/s until every row has a final status; ceiling: what per-host politeness "
         "allows at best; CPU ms: worker CPU per resource; att.: checks recorded per "
         "resource (history rows); req.: requests the origin got per resource; most: "

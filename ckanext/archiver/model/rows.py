@@ -51,10 +51,12 @@ def mark_started(resource_ids: Sequence[str]) -> None:
 
 
 def lost(started_before: datetime.datetime,
-         queued_before: Optional[datetime.datetime] = None) -> list[Item]:
+         queued_before: Optional[datetime.datetime] = None,
+         among: Optional[Sequence[str]] = None) -> list[Item]:
     """Rows queued but not checked since, and not started after
     ``started_before`` (a worker may still be on those); with
-    ``queued_before``, also queued before then."""
+    ``queued_before``, also queued before then; with ``among``, only
+    those of these resources."""
     query = model.Session.query(Archival.resource_id, Archival.package_id).filter(
         Archival.queued_at.isnot(None),
         Archival.queued_at > sa.func.coalesce(Archival.updated, sa.text("'epoch'")),
@@ -62,6 +64,8 @@ def lost(started_before: datetime.datetime,
     )
     if queued_before is not None:
         query = query.filter(Archival.queued_at < queued_before)
+    if among is not None:
+        query = query.filter(Archival.resource_id.in_(list(among)))
     return [(rid, pid) for rid, pid in query.all()]
 
 

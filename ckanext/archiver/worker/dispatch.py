@@ -168,6 +168,13 @@ def requeue_lost(older_than: Optional[datetime.timedelta] = None,
         waiting = pipe.execute()
     lost = [(rid, pid) for (rid, pid), w in zip(found, waiting) if not w]
     if lost:
+        # the query is older than the look in Redis: a check whose row was
+        # committed in between had released its claim (after its commit)
+        # and looks lost, and queued again it would be checked twice. Ask
+        # the rows again, now (read committed: a new snapshot)
+        lost = rows.lost(cutoff, cutoff if queued_too else None,
+                         among=[rid for rid, _pid in lost])
+    if lost:
         log.warning("Re-queuing %d resources queued but never archived", len(lost))
     return enqueue(lost, "bulk") if lost else 0
 

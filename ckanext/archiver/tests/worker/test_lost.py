@@ -12,7 +12,7 @@ from ckan import model
 from ckan.tests import factories
 
 from ckanext.archiver import config, keys
-from ckanext.archiver.model import Archival, utcnow
+from ckanext.archiver.model import Archival, rows, utcnow
 from ckanext.archiver.tests.helpers import wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, respond
 from ckanext.archiver.worker import dispatch, inflight, lost, tasks
@@ -112,3 +112,42 @@ def test_a_granted_check_looks_started_and_keeps_its_claim_until_recorded(raw_se
     wait_for(lambda: not r.exists(claim), timeout=2, interval=0.02)
     assert sorted(seen) == ["/g0.csv", "/g1.csv"]
     assert dispatch.requeue_lost(datetime.timedelta(0), queued_too=True) == 0
+
+
+@pytest.mark.parametrize("meanwhile", ["recorded", "granted"])
+def test_a_check_that_moves_on_between_the_query_and_the_look_in_redis_is_not_lost(
+        meanwhile, monkeypatch):
+    """The sweep's query is older than its look in Redis: a check recorded
+    in between (its claim released after its commit), or granted its
+    host's slot in between (its pending mark gone with the grant, its
+    claim not taken yet), must not be queued again: it would be checked
+    twice (the 10,000-links bench saw 4 such)."""
+    options = config.current()
+    dataset = factories.Dataset()
+    rid = factories.Resource(package_id=dataset["id"], url="http://a.example/x.csv")["id"]
+    dispatch.purge()  # no pending mark, no claim: between two states
+    old = utcnow() - datetime.timedelta(seconds=lost.age(options) + 5)
+    model.Session.query(Archival).filter_by(resource_id=rid).update(
+        {"queued_at": old, "started_at": old, "updated": None})
+    model.Session.commit()
+    real = rows.lost
+    calls = []
+
+    def then_it_moves_on(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if not calls:  # the sweep's query has been made; now the check moves on
+            if meanwhile == "recorded":
+                model.Session.query(Archival).filter_by(resource_id=rid).update(
+                    {"updated": utcnow(), "status_id": 0})
+                model.Session.commit()
+            else:
+                rows.mark_started([rid])
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(rows, "lost", then_it_moves_on)
+    assert dispatch.requeue_lost(datetime.timedelta(seconds=lost.age(options)),
+                                 queued_too=True) == 0
+    assert calls[0] == [(rid, dataset["id"])]  # it looked lost to the query
+    assert dispatch.lengths()["bulk"] == 0
+    assert not keys.client(options).exists(keys.pending(options, rid))
