@@ -12,9 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from werkzeug.serving import make_server
 
 from ckanext.archiver import config, keys
 from ckanext.archiver.testing import nosearch
@@ -175,3 +177,17 @@ def s3_cli(cli, make_ini, s3_env, seaweedfs):
         return cli.invoke(ckan, ["-c", make_ini(**options), "archiver", *args])
 
     return invoke
+
+
+@pytest.fixture
+def live_server(app):
+    """The test app on a free port of 127.0.0.1."""
+    # the whole WSGI stack (CKAN 2.11 sets the locale in a middleware)
+    server = make_server("127.0.0.1", 0, app.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)

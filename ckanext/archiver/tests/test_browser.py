@@ -12,12 +12,10 @@ import io
 import os
 import pathlib
 import shutil
-import threading
 
 import pytest
 from ckan import model
 from ckan.tests import factories
-from werkzeug.serving import make_server
 
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival, ArchivalHistory, utcnow
@@ -38,20 +36,6 @@ pytestmark = [
         reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages "
                "chromium and chromium-driver; scripts/setup.sh installs them)"),
 ]
-
-
-@pytest.fixture
-def live_server(app):
-    """The test app on a free port of 127.0.0.1."""
-    # the whole WSGI stack (CKAN 2.11 sets the locale in a middleware)
-    server = make_server("127.0.0.1", 0, app.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ import http.client
 import io
 import json
 import re
-import threading
+from urllib.parse import urlsplit
 
 import pytest
 from ckan import model
 from ckan.tests import factories
-from werkzeug.serving import make_server
 
 from ckanext.archiver import status as st
 from ckanext.archiver.model import Archival
@@ -153,21 +152,9 @@ def test_resource_edit_form_shows_link_status(app, site):
     assert body.index("Link status") < body.index('id="resource-edit"')
 
 
-@pytest.fixture
-def live_server(app):
-    server = make_server("127.0.0.1", 0, app.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        thread.join(10)
-
-
 def test_cached_copy_has_one_date_header(site, archive_dir, live_server):
     _cached(archive_dir, site.broken)
-    conn = http.client.HTTPConnection("127.0.0.1", live_server, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(live_server).port, timeout=10)
     conn.request("GET", f"/dataset/clinics/resource/{site.broken['id']}/archive/data.csv")
     res = conn.getresponse()
     assert res.status == 200 and res.read() == b"a,b\n1,2\n"
