@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import ckan.plugins.toolkit as tk
 
-__all__ = ["Options", "current", "PREFIX", "QUEUES"]
+__all__ = ["Options", "current", "freeze", "PREFIX", "QUEUES"]
 
 PREFIX = "ckanext.archiver."
 QUEUES = ("priority", "bulk")
@@ -145,8 +145,23 @@ class Options:
         return self.total_timeout + 30
 
 
+_frozen: list[Options] = []
+
+
+def freeze() -> None:
+    """From now on this process reads CKAN's config once, not at every
+    ``current()`` (a worker: its ini does not change under it, a change
+    takes a restart, as for CKAN itself; reading every option costs about
+    as much as a check's own work on a busy host's backlog)."""
+    _frozen[:] = []
+    _frozen.append(current())
+
+
 def current(cfg: Any = None) -> Options:
-    """The options now (``cfg``: CKAN's config, by default ``tk.config``)."""
+    """The options now (``cfg``: CKAN's config, by default ``tk.config``;
+    read once in a worker, ``freeze``)."""
+    if cfg is None and _frozen:
+        return _frozen[0]
     c = cfg if cfg is not None else tk.config
 
     def get(name: str) -> Any:

@@ -72,9 +72,9 @@ def load_jobs(resource_ids: list[str]) -> list[Job]:
         r.state, p.state,
     ).join(p, p.id == r.package_id).filter(r.id.in_(resource_ids)).all()
     found = {row[0]: row for row in rows}
-    previous = {a.resource_id: {c: getattr(a, c) for c in Archival.__table__.columns.keys()}
-                for a in model.Session.query(Archival).filter(
-                    Archival.resource_id.in_(resource_ids))}
+    table = Archival.__table__  # rows as dicts (no ORM objects: a busy host loads many)
+    previous = {row.resource_id: dict(row._mapping) for row in model.Session.execute(
+        sa.select(table).where(table.c.resource_id.in_(resource_ids)))}
     jobs = []
     for rid in dict.fromkeys(resource_ids):
         row = found.get(rid)

@@ -76,3 +76,15 @@ def test_options_typed(ckan_config, monkeypatch):
     assert options.total_timeout == 12.5 and options.download_time_max == 15.5
     assert options.time_limits == (75, 135)
     assert options.queue_name("bulk") == f"{options.site_id}:bulk"
+
+
+def test_a_worker_reads_its_options_once(ckan_config, monkeypatch):
+    """``freeze`` (a worker process): ``current()`` no longer reads CKAN's
+    config; an explicit config is still read."""
+    monkeypatch.setattr(config, "_frozen", [])
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_concurrency", 3)
+    config.freeze()
+    frozen = config.current()
+    monkeypatch.setitem(ckan_config, "ckanext.archiver.per_host_concurrency", 5)
+    assert config.current() is frozen and frozen.per_host_concurrency == 3
+    assert config.current(ckan_config).per_host_concurrency == 5

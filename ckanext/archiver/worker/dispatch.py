@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from typing import Any, Iterable, Optional, Sequence
 
 import redis
@@ -24,6 +25,7 @@ from ckanext.archiver.config import QUEUES
 from ckanext.archiver.engine.hostqueue import HostQueue
 from ckanext.archiver.model import Archival, rows, utcnow
 from ckanext.archiver.worker import app, housekeeping
+from ckanext.archiver.worker.recorder import Recorder
 
 __all__ = ["QUEUES", "PENDING_TTL", "enqueue", "release", "take_marks", "requeue_lost", "lengths",
            "purge", "needing_check", "after_commit", "batches"]
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PENDING_TTL = 7 * 24 * 3600
 FORCED = ":force"  # suffix of the pending mark of a forced (explicit) check
+# seconds within which a granted check's row says it started (worker.hosts:
+# written a few at a time by the process's recorder thread for it)
+STARTED_LAG = Recorder.LINGER + 0.5
 
 Item = tuple[str, str]  # (resource_id, package_id)
 
@@ -170,8 +175,12 @@ def requeue_lost(older_than: Optional[datetime.timedelta] = None,
     if lost:
         # the query is older than the look in Redis: a check whose row was
         # committed in between had released its claim (after its commit)
-        # and looks lost, and queued again it would be checked twice. Ask
-        # the rows again, now (read committed: a new snapshot)
+        # and looks lost, and queued again it would be checked twice; so
+        # would one granted its host's slot in between (its pending mark
+        # gone, its claim not taken yet), whose row says it started within
+        # STARTED_LAG (worker.hosts). Ask the rows again after that (read
+        # committed: a new snapshot)
+        time.sleep(STARTED_LAG)
         lost = rows.lost(cutoff, cutoff if queued_too else None,
                          among=[rid for rid, _pid in lost])
     if lost:

@@ -28,6 +28,7 @@ from ckanext.archiver.engine.outcome import Outcome
 from ckanext.archiver.model import rows
 from ckanext.archiver.model.checks import Job
 from ckanext.archiver.worker import ahead, dispatch
+from ckanext.archiver.worker.recorder import Recorder
 
 __all__ = ["Deferral", "hostqueue", "serve", "start", "give_back", "take_slot", "not_tried",
            "entry_of", "RECHECK", "SHORT_WAIT"]
@@ -95,8 +96,10 @@ def entry_of(grant: Grant) -> dict:
 
 def start(grants: list[Grant]) -> None:
     """Run each granted check when its start is due (no thread waits). Its
-    row says it started now (``started_at``; its pending mark went with the
-    grant, ``engine.hostqueue``): should this process die before its row is
+    row says it started (``started_at``, written within
+    ``dispatch.STARTED_LAG`` by the process's thread for it, a few rows at
+    a time; its pending mark went with the grant, ``engine.hostqueue``):
+    should this process die before its row is
     written, the check looks lost, and the live workers' sweep
     (``worker.lost``) queues it again once it is older than any check can
     last. A mark that is no longer the one its check set (an edit raised
@@ -106,11 +109,7 @@ def start(grants: list[Grant]) -> None:
         return
     entries = [entry_of(g) for g in grants]
     ids = [e["r"] for e in entries]
-    try:
-        rows.mark_started(ids)
-    except Exception as e:  # noqa: BLE001 - the database: the check still runs
-        log.warning("Could not mark %d granted checks started (%s)", len(ids),
-                    type(e).__name__)
+    Recorder.of_process(_mark_started).add(ids)
     marks = [g.mark for g in grants]  # dropped by the grant (engine.hostqueue)
     unknown = [k for k, mark in enumerate(marks) if mark is None]
     if unknown:  # a check granted at its submit, or queued by an older version
@@ -126,6 +125,19 @@ def start(grants: list[Grant]) -> None:
             ahead.forget(e["r"])
     for grant in grants:
         _wake(grant, time.monotonic() + grant.wait)
+
+
+def _mark_started(items: list[list[str]]) -> None:
+    """The rows of granted checks say they started (``start``), a few at a
+    time, on the process's thread for it: one transaction for what was
+    granted within ``Recorder.LINGER``, not one each on the way from a slot
+    given back to the next request."""
+    ids = [rid for chunk in items for rid in chunk]
+    try:
+        rows.mark_started(ids)
+    except Exception as e:  # noqa: BLE001 - the database: the checks still run
+        log.warning("Could not mark %d granted checks started (%s)", len(ids),
+                    type(e).__name__)
 
 
 def _run(grant: Grant) -> None:

@@ -88,6 +88,9 @@ class Claims:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._redis = keys.client(options)
+        self._claim = self._redis.register_script(_CLAIM)  # sent once, then by digest
+        self._release = self._redis.register_script(_RELEASE)
+        self._extend = self._redis.register_script(_EXTEND)
 
     @classmethod
     def of_process(cls, options: config.Options) -> Claims:
@@ -115,9 +118,8 @@ class Claims:
             return [], []
         digests = [_digest(u) for u in urls] if urls is not None else [""] * len(ids)
         try:
-            got = self._redis.eval(_CLAIM, len(ids), *[self._key(r) for r in ids],
-                                   self.token, self.ttl,
-                                   *[f"{self.token}:{d}" for d in digests])
+            got = self._claim(keys=[self._key(r) for r in ids], args=[
+                self.token, self.ttl, *[f"{self.token}:{d}" for d in digests]])
         except redis.exceptions.RedisError as e:
             log.warning("Could not claim resources in Redis (%s): archiving anyway", e)
             return ids, []
@@ -139,8 +141,7 @@ class Claims:
             empty = not self.held
         if ids:
             try:
-                self._redis.eval(_RELEASE, len(ids), *[self._key(r) for r in ids],
-                                 self.token + ":")
+                self._release(keys=[self._key(r) for r in ids], args=[self.token + ":"])
             except redis.exceptions.RedisError as e:  # they expire by themselves
                 log.warning("Could not release claims in Redis (%s)", e)
         if empty and not self.shared:
@@ -155,8 +156,7 @@ class Claims:
                     continue
                 break
             try:
-                self._redis.eval(_EXTEND, len(ids), *[self._key(r) for r in ids],
-                                 self.token + ":", self.ttl)
+                self._extend(keys=[self._key(r) for r in ids], args=[self.token + ":", self.ttl])
             except redis.exceptions.RedisError as e:
                 log.warning("Could not extend claims in Redis (%s)", e)
 

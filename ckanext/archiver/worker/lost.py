@@ -20,10 +20,10 @@ and not recorded since, queued and started more than ``age`` ago
 (``total_timeout`` + the claims' TTL: no check lasts longer than its
 deadline, and a dead worker's claims are gone TTL seconds after its last
 heartbeat), and neither pending nor claimed in Redis, are queued again on
-bulk (``dispatch.requeue_lost``; the rows are asked again after the look in
-Redis: a check recorded between the query and that look has neither, nor
-has one granted its host's slot then, whose row says by now that it
-started). A redelivered message of the same check
+bulk (``dispatch.requeue_lost``; the rows are asked again ``STARTED_LAG``
+after the look in Redis: a check recorded between the query and that look
+has neither, nor has one granted its host's slot then, whose row says by
+then that it started). A redelivered message of the same check
 that comes later finds it recorded since it was queued and skips it.
 
 The interval is a quarter of ``age`` (10 s to 60 s: one query of the

@@ -37,8 +37,10 @@ def on_worker_ready(sender: Any = None, **_kwargs: Any) -> None:
         log.exception("Could not look for lost queue entries")
     finally:
         model.Session.remove()
-    if sender is not None and not _forks(sender):  # (a worker's consumer, not a test)
-        _watch()
+    if sender is not None:  # (a worker's consumer, not a test)
+        config.freeze()
+        if not _forks(sender):
+            _watch()
 
 
 def _forks(consumer: Any) -> bool:
@@ -55,9 +57,11 @@ def _watch() -> None:
 def on_process_init(**_kwargs: Any) -> None:
     """A forked pool process must not share the parent's database
     connections (loading CKAN left one in the pool): drop them, unclosed.
-    Then it sweeps for lost checks (``worker.lost``)."""
+    It reads its options once (``config.freeze``), then sweeps for lost
+    checks (``worker.lost``)."""
     if model.meta.engine is not None:
         model.meta.engine.dispose(close=False)
+    config.freeze()
     _watch()
 
 

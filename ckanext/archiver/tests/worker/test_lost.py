@@ -12,10 +12,12 @@ from ckan import model
 from ckan.tests import factories
 
 from ckanext.archiver import config, keys
+from ckanext.archiver.engine.hostqueue import Grant
 from ckanext.archiver.model import Archival, rows, utcnow
+from ckanext.archiver.model.checks import Job
 from ckanext.archiver.tests.helpers import wait_for
 from ckanext.archiver.tests.http_fixtures import KEEP_ALIVE, respond
-from ckanext.archiver.worker import dispatch, inflight, lost, tasks
+from ckanext.archiver.worker import batch, dispatch, hosts, inflight, lost, tasks
 from ckanext.archiver.worker.recorder import Recorder
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "archiver_env")
@@ -77,7 +79,10 @@ def one_at_a_time(ckan_config, monkeypatch):
 
 
 def test_a_granted_check_looks_started_and_keeps_its_claim_until_recorded(raw_server,
-                                                                         one_at_a_time):
+                                                                         one_at_a_time,
+                                                                         monkeypatch):
+    # the granted check's row comes 2 s after its download
+    monkeypatch.setattr(batch._recorder(), "LINGER", 2.0)
     seen = []
 
     def origin(request, conn):
@@ -100,10 +105,11 @@ def test_a_granted_check_looks_started_and_keeps_its_claim_until_recorded(raw_se
     claim = keys.running(options, second)
     r = keys.client(options)
     wait_for(lambda: len(seen) == 2, timeout=10, interval=0.02)  # granted, downloading
-    row = _row(second)
-    # granted: it says it started then (not when the batch did), with no
-    # pending mark any more; it holds its claim until its row is committed
-    assert row.started_at > batch_started
+    # granted: it says it started then (within STARTED_LAG, not when the
+    # batch did), with no pending mark any more; it holds its claim until
+    # its row is committed
+    wait_for(lambda: _row(second).started_at > batch_started,
+             timeout=dispatch.STARTED_LAG + 0.5, interval=0.02)
     assert r.exists(keys.pending(options, second)) == 0
     time.sleep(0.5)  # downloaded; its row waits for the recorder
     assert _row(second).status_id is None
@@ -151,3 +157,39 @@ def test_a_check_that_moves_on_between_the_query_and_the_look_in_redis_is_not_lo
     assert calls[0] == [(rid, dataset["id"])]  # it looked lost to the query
     assert dispatch.lengths()["bulk"] == 0
     assert not keys.client(options).exists(keys.pending(options, rid))
+
+
+def test_a_check_granted_just_before_the_sweep_is_not_lost(monkeypatch):
+    """A granted check's row says it started a moment later (written a few
+    at a time, ``worker.hosts``): the sweep asks the rows again only once
+    that moment has passed, so a check granted between its query and its
+    look in Redis (no pending mark, no claim yet) is not queued twice."""
+    options = config.current()
+    dataset = factories.Dataset()
+    rid = factories.Resource(package_id=dataset["id"], url="http://a.example/x.csv")["id"]
+    dispatch.purge()
+    old = utcnow() - datetime.timedelta(seconds=lost.age(options) + 5)
+    model.Session.query(Archival).filter_by(resource_id=rid).update(
+        {"queued_at": old, "started_at": old, "updated": None})
+    model.Session.commit()
+    ran = []
+    monkeypatch.setattr(hosts, "_runner", [ran.append])
+    real = rows.lost
+    calls = []
+
+    def granted_meanwhile(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if not calls:  # after the query, before the look in Redis: granted
+            entry = hosts.Deferral(hosts.hostqueue(options), "bulk", None, False, 0).entry(
+                Job(resource_id=rid))
+            hosts.start([Grant("a.example", entry, "token", 0.0)])
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(rows, "lost", granted_meanwhile)
+    assert dispatch.requeue_lost(datetime.timedelta(seconds=lost.age(options)),
+                                 queued_too=True) == 0
+    assert calls[0] == [(rid, dataset["id"])], "it looked lost to the query"
+    assert calls[1] == [], "asked again once its start was written"
+    assert dispatch.lengths()["bulk"] == 0
+    wait_for(lambda: len(ran) == 1, timeout=2)
