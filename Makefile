@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/bench_fetch.py
 	$(PY) bench/bench_queue.py
 	$(PY) bench/bench_report.py
+	$(PY) bench/bench_sweep.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

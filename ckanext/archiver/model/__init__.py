@@ -24,6 +24,7 @@ from ckan import model
 from sqlalchemy import Column, types
 
 from ckanext.archiver import status as st
+from ckanext.archiver.model import rounds
 from ckanext.archiver.model.legacy import Status, broken_enum, init_tables
 
 __all__ = [
@@ -123,6 +124,12 @@ class Archival(tk.BaseModel):  # type: ignore[misc, valid-type]
     site_fault_at = Column(types.DateTime)
     moved_to = Column(types.UnicodeText)
     retries = Column(types.Integer)
+
+    __table_args__ = (
+        # the queued rows (rounds.QUEUED): the lost-check sweep's query
+        # (rows.lost) reads them and nothing else (migration c5d8f3a0b912)
+        sa.Index("ix_archival_queued", "queued_at", postgresql_where=sa.text(rounds.QUEUED)),
+    )
 
     @classmethod
     def get_for_resource(cls, resource_id: str) -> Optional[Archival]:

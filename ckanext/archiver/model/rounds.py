@@ -23,9 +23,15 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-__all__ = ["lock_datasets", "finished_datasets", "active_datasets", "WAITING"]
+__all__ = ["lock_datasets", "finished_datasets", "active_datasets", "QUEUED", "WAITING"]
 
-# SQL condition on the archival row ``a``: the resource is waiting.
+# SQL condition on an archival row: the resource is waiting. It is also the
+# predicate of the partial index ``ix_archival_queued`` (model.Archival):
+# a query of the waiting rows must say it like this (or imply it, as
+# PostgreSQL sees implication: ``queued_at > updated`` does not), or the
+# planner cannot use the index and reads the whole table.
+QUEUED = "queued_at IS NOT NULL AND queued_at > coalesce(updated, 'epoch'::timestamp)"
+# the same, on the archival row ``a``
 WAITING = "a.queued_at IS NOT NULL AND a.queued_at > coalesce(a.updated, 'epoch'::timestamp)"
 
 # one statement, locks taken in the array's (sorted) order

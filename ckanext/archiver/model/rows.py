@@ -56,10 +56,10 @@ def lost(started_before: datetime.datetime,
     """Rows queued but not checked since, and not started after
     ``started_before`` (a worker may still be on those); with
     ``queued_before``, also queued before then; with ``among``, only
-    those of these resources."""
+    those of these resources. Reads the partial index ``ix_archival_queued``
+    (the queued rows only), not the table."""
     query = model.Session.query(Archival.resource_id, Archival.package_id).filter(
-        Archival.queued_at.isnot(None),
-        Archival.queued_at > sa.func.coalesce(Archival.updated, sa.text("'epoch'")),
+        sa.text(rounds.QUEUED),  # as the index ix_archival_queued says it
         sa.or_(Archival.started_at.is_(None), Archival.started_at < started_before),
     )
     if queued_before is not None:
@@ -69,10 +69,7 @@ def lost(started_before: datetime.datetime,
     return [(rid, pid) for rid, pid in query.all()]
 
 
-_UNQUEUE = sa.text("""
-    UPDATE archival SET queued_at = NULL
-    WHERE queued_at IS NOT NULL AND queued_at > coalesce(updated, 'epoch')
-""")
+_UNQUEUE = sa.text(f"UPDATE archival SET queued_at = NULL WHERE {rounds.QUEUED}")
 
 
 def unqueue_all() -> None:

@@ -27,7 +27,8 @@ then that it started). A redelivered message of the same check
 that comes later finds it recorded since it was queued and skips it.
 
 The interval is a quarter of ``age`` (10 s to 60 s: one query of the
-``archival`` table's queued rows per interval, for the whole site). With
+``archival`` table's queued rows per interval, for the whole site; it reads
+the partial index of those rows, ``ix_archival_queued``, not the table). With
 the defaults (``total_timeout`` 300) a dead worker's checks are queued
 again 5.5 to 6.5 minutes after they started, instead of after the
 visibility timeout (at least 20 minutes by default) or never.
