@@ -24,6 +24,10 @@ timeout, a 429 or a 503 doubles it (at least one second), and a
 ``Retry-After`` keeps the host untouched that long (at most an hour). A
 host not seen yet starts at ``start_interval``.
 
+Starts are reserved: a grant whose check comes to start its request
+late (a busy machine) asks again (``on_time``), so that the host does not
+see its request and the next one closer than the gap.
+
 A host whose last ``down_after`` requests timed out counts as not
 answering (as in ``politeness``): one probe a minute (at once, whatever the
 pace), the other checks are handed back as not tried.
@@ -37,6 +41,7 @@ No CKAN imports.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Optional
 
 import redis
@@ -186,6 +191,23 @@ _PUMP = _COMMON + """
 return grant(now_s(), {0})
 """
 
+# A grant that starts ``late`` seconds after its reserved start (ARGV 9
+# token, 10 late): if a later start was reserved meanwhile, its request
+# would reach the host less than the gap after that one, so it gets a new
+# start after every start reserved so far; else its start moves to now
+# (the next ones are reserved from there). Returns ms to wait.
+_RESTART = _COMMON + """
+local now = now_s()
+if not redis.call('ZSCORE', KEYS[1], ARGV[9]) then return 0 end  -- lease gone
+local delay = tonumber(redis.call('HGET', KEYS[5], 'delay') or ARGV[6])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local start = now
+if last > now - tonumber(ARGV[10]) + 0.001 then start = math.max(now, last + delay) end
+redis.call('SET', KEYS[2], string.format('%.6f', start), 'EX', math.ceil(start - now + delay) + 60)
+redis.call('ZADD', KEYS[1], 'XX', start + tonumber(ARGV[3]), ARGV[9])
+return math.floor((start - now) * 1000)
+"""
+
 
 @dataclasses.dataclass(frozen=True)
 class Grant:
@@ -201,6 +223,12 @@ class Grant:
     wait: float
     timeouts: int = 0
     mark: Optional[str] = None
+    at: float = dataclasses.field(default_factory=time.monotonic, compare=False)
+
+    @property
+    def due(self) -> float:
+        """When its request may start (``time.monotonic``)."""
+        return self.at + self.wait
 
 
 class HostQueue:
@@ -222,6 +250,7 @@ class HostQueue:
         self._submit = client.register_script(_SUBMIT)
         self._release = client.register_script(_RELEASE)
         self._pump = client.register_script(_PUMP)
+        self._restart = client.register_script(_RESTART)
 
     @property
     def hosts_key(self) -> str:
@@ -278,6 +307,19 @@ class HostQueue:
             token, answered_arg, "" if latency is None else f"{latency:.6f}",
             int(http_status or 0), float(retry_after or 0), self.max_interval])
         return self._grants(host, reply)
+
+    def on_time(self, grant: Grant, slack: float) -> Grant:
+        """``grant`` itself when its start is less than ``slack`` s late
+        (or it has no slot: not answering), else the same slot with a
+        new start: at once unless a later start was reserved meanwhile
+        (the host would see two requests less than its gap apart), then
+        after every start reserved so far."""
+        late = time.monotonic() - grant.due
+        if late <= slack or not grant.token:
+            return grant
+        ms = int(self._restart(keys=self._keys(grant.host), args=self._args(grant.host) + [
+            grant.token, f"{late:.6f}"]))
+        return dataclasses.replace(grant, wait=ms / 1000, at=time.monotonic())
 
     def pump(self) -> list[Grant]:
         """Grants for hosts whose slots came free without a release (a

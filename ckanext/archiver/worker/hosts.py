@@ -31,12 +31,14 @@ from ckanext.archiver.worker import ahead, dispatch
 from ckanext.archiver.worker.recorder import Recorder
 
 __all__ = ["Deferral", "hostqueue", "serve", "start", "give_back", "take_slot", "not_tried",
-           "entry_of", "RECHECK", "SHORT_WAIT"]
+           "entry_of", "keep_pace", "RECHECK", "SHORT_WAIT", "LATE_SLACK"]
 
 log = logging.getLogger(__name__)
 
 PUMP_EVERY = 5.0  # seconds between two looks for waiting lists nobody serves
 SHORT_WAIT = 0.25  # a granted start this close is waited for on the thread
+LATE_SLACK = 0.01  # a request starting later than this after its reserved start asks again
+ASKS = 3  # times it asks, at most
 RECHECK = 1.0  # seconds between two looks at a host a granted check waits for
 
 _hostqueues: dict[tuple, HostQueue] = {}
@@ -182,6 +184,32 @@ def give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None
             retry_after=outcome.retry_after if outcome else None))
     except redis.exceptions.RedisError:  # the lease expires by itself
         log.warning("Could not release the slot of host %s", grant.host)
+
+
+def keep_pace(job: Job, grant: Grant) -> Optional[Grant]:
+    """The grant to send ``job``'s request on now. Starts are reserved:
+    a request that comes to its start more than LATE_SLACK late (a busy
+    machine, a slow thread) would reach the host closer than its gap to
+    the next one, so it asks for a new start (``HostQueue.on_time``),
+    waited for here when within SHORT_WAIT. A later one is not waited
+    for on the thread: the check goes back to wait for it (None,
+    ``job.deferred``; this process runs it then)."""
+    hq = _last[0] if _last else hostqueue()
+    for _ in range(ASKS):  # a wait can end late too (on a machine that busy)
+        try:
+            timed = hq.on_time(grant, LATE_SLACK)
+        except redis.exceptions.RedisError:  # the broker is down: as granted
+            return grant
+        if timed is grant:
+            break
+        if timed.wait > SHORT_WAIT:
+            start([timed])
+            job.deferred = True
+            return None
+        if timed.wait > 0:
+            time.sleep(timed.wait)
+        grant = timed
+    return grant
 
 
 def _latency(outcome: Optional[Outcome]) -> Optional[float]:

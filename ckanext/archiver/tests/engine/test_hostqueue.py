@@ -219,3 +219,28 @@ def test_not_answering_once_the_probe_is_out(queue_for):
     assert hq.not_answering("dead.example") == 0, "down, but its probe not out yet"
     assert hq.submit("dead.example", "probe")[1][0].wait == 0, "the probe, not paced"
     assert hq.not_answering("dead.example") == 2
+
+
+def test_a_late_start_is_moved_after_the_starts_reserved_since(queue_for):
+    hq = queue_for(max_concurrent=3, min_interval=0.2, start_interval=0.2, max_interval=1)
+    [a] = hq.submit("late.example", "a")[1]
+    assert hq.on_time(a, slack=0.05) is a, "on time: no new start"
+    [b] = hq.submit("late.example", "b")[1]
+    assert b.wait == pytest.approx(0.2, abs=0.02)
+    time.sleep(0.1)  # a is 0.1 s late: b would reach the host 0.1 s after it
+    moved = hq.on_time(a, slack=0.05)
+    assert moved.token == a.token and moved.entry == "a"
+    # b starts 0.2 s after a's reserved start, a now 0.2 s after b: 0.3 s from now
+    assert moved.wait == pytest.approx(0.3, abs=0.03), "after b's start, by the gap"
+    [c] = hq.submit("late.example", "c")[1]
+    assert c.wait == pytest.approx(moved.wait + 0.2, abs=0.03), "reserved after a's new start"
+
+
+def test_a_late_start_with_none_reserved_since_goes_now(queue_for):
+    hq = queue_for(max_concurrent=2, min_interval=0.2, start_interval=0.2, max_interval=1)
+    [a] = hq.submit("alone.example", "a")[1]
+    time.sleep(0.1)
+    moved = hq.on_time(a, slack=0.05)
+    assert moved.wait == 0
+    [b] = hq.submit("alone.example", "b")[1]
+    assert b.wait == pytest.approx(0.2, abs=0.03), "the gap counts from a's real start"
