@@ -29,8 +29,8 @@ _sessions: dict = {}
 _sessions_lock = threading.Lock()
 
 # what requests takes from the environment for an http(s) request
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-_ENVIRONMENT = (*_PROXY_VARIABLES, *(n.upper() for n in _PROXY_VARIABLES),
+_PROXIES = ("http_proxy", "https_proxy", "all_proxy")
+_ENVIRONMENT = (*_PROXIES, "no_proxy", *(n.upper() for n in (*_PROXIES, "no_proxy")),
                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC", "HOME")
 
 
@@ -41,7 +41,7 @@ def _environment() -> tuple:
 def _needs_environment() -> bool:
     """A proxy variable is set or a ``.netrc`` file exists (as requests
     looks for them): requests then reads the environment at each request."""
-    if any(os.environ.get(n) or os.environ.get(n.upper()) for n in _PROXY_VARIABLES[:3]):
+    if any(os.environ.get(n) or os.environ.get(n.upper()) for n in _PROXIES):
         return True
     netrc = os.environ.get("NETRC")
     places = [netrc] if netrc else ["~/.netrc", "~/_netrc"]

@@ -186,15 +186,14 @@ def give_back(grant: Optional[Grant], outcome: Optional[Outcome] = None) -> None
         log.warning("Could not release the slot of host %s", grant.host)
 
 
-def keep_pace(job: Job, grant: Grant) -> Optional[Grant]:
+def keep_pace(job: Job, grant: Grant, hq: HostQueue) -> Optional[Grant]:
     """The grant to send ``job``'s request on now. Starts are reserved:
     a request that comes to its start more than LATE_SLACK late (a busy
     machine, a slow thread) would reach the host closer than its gap to
     the next one, so it asks for a new start (``HostQueue.on_time``),
     waited for here when within SHORT_WAIT. A later one is not waited
     for on the thread: the check goes back to wait for it (None,
-    ``job.deferred``; this process runs it then)."""
-    hq = _last[0] if _last else hostqueue()
+    ``job.deferred``; this process runs it then). ``hq``: the run's."""
     for _ in range(ASKS):  # a wait can end late too (on a machine that busy)
         try:
             timed = hq.on_time(grant, LATE_SLACK)

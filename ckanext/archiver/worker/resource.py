@@ -156,8 +156,8 @@ def run_one(job: Job, run: Run) -> None:
             token = _take_slot(job, host, run)
             if token is None:
                 return
-        if grant is not None:
-            grant = hosts.keep_pace(job, grant)
+        if grant is not None and deferral is not None:
+            grant = hosts.keep_pace(job, grant, deferral.hq)
             if grant is None:  # it waits for a new start (whoever runs it claims it then)
                 if run.claims is not None:
                     run.claims.release([job.resource_id])

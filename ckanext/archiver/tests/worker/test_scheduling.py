@@ -207,13 +207,13 @@ def test_a_check_that_comes_late_to_its_start_asks_for_a_new_one(polite, monkeyp
     polite(3, min_interval=0.2, start=0.2)
     hq = hosts.hostqueue()
     [a] = hq.submit("late.example", "a")[1]
-    assert hosts.keep_pace(Job("ra"), a) is a, "on time"
+    assert hosts.keep_pace(Job("ra"), a, hq) is a, "on time"
     [b] = hq.submit("late.example", "b")[1]
     time.sleep(0.1)
     later = []
     monkeypatch.setattr(hosts, "start", later.extend)
     job = Job("ra")
-    assert hosts.keep_pace(job, a) is None and job.deferred, "not waited for on the thread"
+    assert hosts.keep_pace(job, a, hq) is None and job.deferred, "not waited for on the thread"
     assert [g.token for g in later] == [a.token]
     assert later[0].wait == pytest.approx(0.3, abs=0.04), "the gap after b's start"
     # late, and no start reserved since: it goes now, and the next is
@@ -221,6 +221,6 @@ def test_a_check_that_comes_late_to_its_start_asks_for_a_new_one(polite, monkeyp
     [c] = hq.submit("alone.example", "c")[1]
     time.sleep(0.15)
     job = Job("rc")
-    now = hosts.keep_pace(job, c)
+    now = hosts.keep_pace(job, c, hq)
     assert now is not None and now.wait == 0 and not job.deferred
     assert hq.submit("alone.example", "d")[1][0].wait == pytest.approx(0.2, abs=0.03)
